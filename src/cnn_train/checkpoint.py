@@ -1,0 +1,61 @@
+"""Self-describing checkpoints: everything predict needs, in plain containers that weights_only reads.
+
+Layout (nanoGPT's `model_args` idea): format, model {name, kwargs}, state_dict, classes, eval_transform,
+config (resolved), epoch, metrics; last.pt adds optimizer, scheduler, rng and history for resuming.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnn_train.data.transforms import EvalTransform
+from cnn_train.errors import UserError
+from cnn_train.files import atomic_write
+from cnn_train.models import build_model
+
+FORMAT = "cnn-train/1"
+
+
+def save(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write atomically, so an interrupted save keeps the previous checkpoint whole."""
+    atomic_write(path, lambda f: torch.save({"format": FORMAT, **payload}, f))
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint with `weights_only=True`: a file that carries code is refused, never run."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such checkpoint file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UserError(
+            f"{path}: refused to load: the file holds objects other than tensors and plain data "
+            f"(possibly code), and only weights are read ({str(e).splitlines()[0]})"
+        ) from e
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        raise UserError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0]})") from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise UserError(f"{path}: not a cnn-train checkpoint (no '{FORMAT}' format tag)")
+    return payload
+
+
+def restore_model(payload: dict[str, Any], source: str | Path = "checkpoint") -> nn.Module:
+    """Rebuild the network from the checkpoint's own name and kwargs, then load its weights."""
+    spec = payload["model"]
+    model = build_model(spec["name"], **spec["kwargs"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as e:
+        raise UserError(f"{source}: weights do not fit {spec['name']} ({str(e).splitlines()[0]})") from e
+    return model
+
+
+def eval_transform(payload: dict[str, Any]) -> EvalTransform:
+    return EvalTransform.from_dict(payload["eval_transform"])

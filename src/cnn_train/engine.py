@@ -1,0 +1,123 @@
+"""The loops: train one epoch, evaluate, and the one `infer` that evaluation and prediction share."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from cnn_train.data.transforms import Preprocess
+from cnn_train.errors import UserError
+
+
+class NonFiniteLoss(UserError):
+    """The loss became NaN or infinite; the run stops before the bad step touches the weights."""
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` picks CUDA, then Apple's MPS, then the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("trainer.device: cuda was asked for but no CUDA device is available")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("trainer.device: mps was asked for but Apple's MPS is not available")
+    if name not in ("cpu", "cuda", "mps"):
+        raise UserError(f"trainer.device: {name!r} is not one of auto, cpu, cuda, mps")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast for `bf16` and `16-mixed`; plain fp32 for `32`."""
+    if precision in ("32", "32-true"):
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _bar(batches: Iterable, desc: str) -> Any:
+    # Live bars only on a terminal; logs and CI get the one line per epoch that fit() prints.
+    return tqdm(batches, desc=desc, leave=False, dynamic_ncols=True, disable=not sys.stderr.isatty())
+
+
+def train_one_epoch(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    preprocess: Preprocess,
+    augment: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    loss_fn: nn.Module,
+    precision: str,
+    epoch: int,
+) -> dict[str, float]:
+    """One pass over the training batches; metrics stay on the device and are read once at the end."""
+    model.train()
+    device = next(model.parameters()).device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    start = time.perf_counter()
+    bar = _bar(batches, f"epoch {epoch}")
+    for step, (x, y) in enumerate(bar, start=1):
+        inputs = preprocess(x, augment)
+        with autocast(device, precision):
+            logits = model(inputs)
+            loss = loss_fn(logits.float(), y)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(
+                f"loss became {loss.item()} at epoch {epoch}, step {step}; stopped before that step, "
+                "best.pt and last.pt keep the last good weights (try a lower optimizer.lr)"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+        if not bar.disable and step % 10 == 0:
+            rate = seen / (time.perf_counter() - start)
+            bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}", img_s=f"{rate:.0f}")
+    seconds = time.perf_counter() - start
+    seen = max(seen, 1)
+    return {"loss": loss_sum.item() / seen, "acc": correct.item() / seen, "seconds": seconds, "images": seen}
+
+
+@torch.inference_mode()
+def infer(model: nn.Module, preprocess: Preprocess, x: torch.Tensor, precision: str = "32") -> torch.Tensor:
+    """Logits (fp32) for a uint8 batch, through the eval transform; shared by evaluation and predict."""
+    model.eval()
+    with autocast(x.device, precision):
+        return model(preprocess(x)).float()
+
+
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    preprocess: Preprocess,
+    precision: str = "32",
+    desc: str = "eval",
+) -> dict[str, float]:
+    """Mean cross-entropy and accuracy over `batches`."""
+    device = next(model.parameters()).device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    for x, y in _bar(batches, desc):
+        logits = infer(model, preprocess, x, precision)
+        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+    seen = max(seen, 1)
+    return {"loss": loss_sum.item() / seen, "acc": correct.item() / seen}

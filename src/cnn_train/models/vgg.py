@@ -1,0 +1,50 @@
+"""VGG-11 and VGG-16, with or without batch normalisation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from torch import nn
+from torchvision import models as tvm
+
+from cnn_train.models.common import SMALL_INPUT, conv_like
+from cnn_train.models.registry import register_model
+
+
+def _vgg(
+    plain: Callable[..., tvm.VGG],
+    with_bn: Callable[..., tvm.VGG],
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    batch_norm: bool,
+    dropout: float,
+) -> nn.Module:
+    model = (with_bn if batch_norm else plain)(num_classes=num_classes, dropout=dropout)
+    model.features[0] = conv_like(model.features[0], in_channels)
+    if image_size < SMALL_INPUT:
+        # Five 2× pools would shrink a 28 px image below one pixel: drop the last ones instead.
+        keep = int(math.log2(image_size))
+        pools = [i for i, m in enumerate(model.features) if isinstance(m, nn.MaxPool2d)]
+        for i in pools[keep:]:
+            model.features[i] = nn.Identity()
+        model.avgpool = nn.AdaptiveAvgPool2d(1)
+        model.classifier[0] = nn.Linear(512, model.classifier[0].out_features)
+    return model
+
+
+@register_model("vgg11", min_size=16)
+def vgg11(
+    num_classes: int, in_channels: int, image_size: int, batch_norm: bool = True, dropout: float = 0.5
+) -> nn.Module:
+    """VGG-11 (configuration A)."""
+    return _vgg(tvm.vgg11, tvm.vgg11_bn, num_classes, in_channels, image_size, batch_norm, dropout)
+
+
+@register_model("vgg16", min_size=16)
+def vgg16(
+    num_classes: int, in_channels: int, image_size: int, batch_norm: bool = True, dropout: float = 0.5
+) -> nn.Module:
+    """VGG-16 (configuration D)."""
+    return _vgg(tvm.vgg16, tvm.vgg16_bn, num_classes, in_channels, image_size, batch_norm, dropout)
