@@ -22,6 +22,11 @@ from cnn_train.models import build_model
 FORMAT = "cnn-train/1"
 
 
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
 def save(path: str | Path, payload: dict[str, Any]) -> None:
     """Write atomically, so an interrupted save keeps the previous checkpoint whole."""
     atomic_write(path, lambda f: torch.save({"format": FORMAT, **payload}, f))
@@ -37,10 +42,10 @@ def load(path: str | Path) -> dict[str, Any]:
     except pickle.UnpicklingError as e:
         raise UserError(
             f"{path}: refused to load: the file holds objects other than tensors and plain data "
-            f"(possibly code), and only weights are read ({str(e).splitlines()[0]})"
+            f"(possibly code), and only weights are read ({_first_line(e)})"
         ) from e
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        raise UserError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0]})") from e
+        raise UserError(f"{path}: not a readable checkpoint ({_first_line(e)})") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{path}: not a cnn-train checkpoint (no '{FORMAT}' format tag)")
     return payload
@@ -53,7 +58,7 @@ def restore_model(payload: dict[str, Any], source: str | Path = "checkpoint") ->
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as e:
-        raise UserError(f"{source}: weights do not fit {spec['name']} ({str(e).splitlines()[0]})") from e
+        raise UserError(f"{source}: weights do not fit {spec['name']} ({_first_line(e)})") from e
     return model
 
 

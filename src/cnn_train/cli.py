@@ -25,7 +25,7 @@ from cnn_train.predict import expand_inputs, newest_checkpoint, predict, write_p
 from cnn_train.train import fit
 
 log = logging.getLogger("cnn_train")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def _config_dir() -> str:
@@ -84,8 +84,8 @@ def _predict(cfg: DictConfig) -> None:
     for row in rows:
         ranked = "  ".join(f"{name}: {prob:.3f}" for name, prob in row.topk)
         out.print(f"{row.path}  {ranked}", highlight=False, soft_wrap=True)
-    for path, reason in failed:
-        console.print(f"[red]failed:[/] {path}: {reason}", highlight=False, soft_wrap=True)
+    for _path, reason in failed:
+        console.print(f"[red]failed:[/] {reason}", highlight=False)
     if cfg.output:
         console.print(f"wrote {len(rows)} rows to {cfg.output}", highlight=False)
     if failed:

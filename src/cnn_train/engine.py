@@ -88,7 +88,9 @@ def train_one_epoch(
         seen += len(y)
         if not bar.disable and step % 10 == 0:
             rate = seen / (time.perf_counter() - start)
-            bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}", img_s=f"{rate:.0f}")
+            bar.set_postfix(
+                loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}", img_s=f"{rate:.0f}"
+            )
     seconds = time.perf_counter() - start
     seen = max(seen, 1)
     return {"loss": loss_sum.item() / seen, "acc": correct.item() / seen, "seconds": seconds, "images": seen}

@@ -36,7 +36,9 @@ def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
-def write_csv(path: str | Path, rows: Sequence[dict[str, Any]], fieldnames: Sequence[str] | None = None) -> None:
+def write_csv(
+    path: str | Path, rows: Sequence[dict[str, Any]], fieldnames: Sequence[str] | None = None
+) -> None:
     """Rows of dicts as CSV; the header is the union of keys in first-seen order unless given."""
     if fieldnames is None:
         fieldnames = list(dict.fromkeys(k for row in rows for k in row))

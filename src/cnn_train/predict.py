@@ -47,7 +47,11 @@ def newest_checkpoint(root: str | Path) -> Path:
 
 
 def predict(
-    ckpt: str | Path, paths: list[Path], topk: int = 5, device: torch.device | None = None, batch_size: int = 64
+    ckpt: str | Path,
+    paths: list[Path],
+    topk: int = 5,
+    device: torch.device | None = None,
+    batch_size: int = 64,
 ) -> tuple[list[Prediction], list[tuple[str, str]]]:
     """Top-k (class, probability) per readable image, plus (path, reason) for each unreadable one."""
     device = device or torch.device("cpu")
@@ -80,7 +84,9 @@ def write_predictions(path: str | Path, rows: list[Prediction]) -> None:
     """One row per image: .json as a list of objects, .csv with class_i/prob_i columns."""
     path = Path(path)
     if path.suffix.lower() == ".json":
-        files.write_json(path, [{"path": r.path, "topk": [{"class": c, "prob": p} for c, p in r.topk]} for r in rows])
+        files.write_json(
+            path, [{"path": r.path, "topk": [{"class": c, "prob": p} for c, p in r.topk]} for r in rows]
+        )
     elif path.suffix.lower() == ".csv":
         table: list[dict[str, Any]] = []
         for r in rows:

@@ -30,6 +30,10 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
             row.update(status="failed", best_val_acc=None, test_acc=None, wall_seconds=None)
             row["error"] = error.read_text().strip() if error.is_file() else "no results.json"
         rows.append(row)
+    # The overrides every job shares say nothing about the jobs: `swept` keeps the ones that differ.
+    common = set.intersection(*(set(r["overrides"].split()) for r in rows)) if rows else set()
+    for r in rows:
+        r["swept"] = " ".join(o for o in r["overrides"].split() if o not in common)
     return rows
 
 
@@ -44,12 +48,13 @@ class SweepSummary(Callback):
         rows = collect(sweep_dir)
         if not rows:
             return
-        fields = ["job", "overrides", "status", "best_val_acc", "test_acc", "wall_seconds", "error"]
+        fields = ["job", "swept", "status", "best_val_acc", "test_acc", "wall_seconds", "overrides", "error"]
         files.write_csv(sweep_dir / "summary.csv", [{k: r.get(k) for k in fields} for r in rows], fields)
         table = Table(title=f"sweep summary ({sweep_dir / 'summary.csv'})")
-        for name in fields[:-1]:
+        shown = fields[:-2]
+        for name in shown:
             table.add_column(name)
         for r in rows:
             table.add_row(*("" if r.get(k) is None else f"{r[k]:.4f}" if isinstance(r[k], float) else str(r[k])
-                            for k in fields[:-1]))  # fmt: skip
+                            for k in shown))  # fmt: skip
         Console(stderr=True).print(table)

@@ -42,10 +42,12 @@ def check_config(cfg: DictConfig) -> None:
         value = cfg.trainer.get(key)
         if value is not None and (not isinstance(value, int) or value < 1):
             raise UserError(f"trainer.{key}: {value!r} must be a whole number of batches ≥ 1, or null")
-    if cfg.trainer.precision not in ("32", "bf16", "16-mixed"):
-        raise UserError(f"trainer.precision: {cfg.trainer.precision!r} is not one of 32, bf16, 16-mixed")
+    if str(cfg.trainer.precision) not in ("32", "bf16", "16-mixed"):
+        raise UserError(f"trainer.precision: {cfg.trainer.precision} is not one of 32, bf16, 16-mixed")
     if cfg.data.name == "image_folder" and not Path(str(cfg.data.root)).expanduser().is_dir():
-        raise UserError(f"data.root: {cfg.data.root} does not exist (image_folder needs a folder of class folders)")
+        raise UserError(
+            f"data.root: {cfg.data.root} does not exist (image_folder needs a folder of class folders)"
+        )
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -105,7 +107,10 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     tr = cfg.trainer
     seed_everything(tr.seed, tr.get("deterministic", False))
     device = pick_device(tr.device)
-    data = load_dataset(cfg.data.name, cfg.data.root, cfg.data.val_split, tr.seed, cfg.data.get("channels", 3))
+    precision = str(tr.precision)  # the command line turns 32 into an int
+    data = load_dataset(
+        cfg.data.name, cfg.data.root, cfg.data.val_split, tr.seed, cfg.data.get("channels", 3)
+    )
     size = image_size_for(cfg, data)
     spec = EvalTransform(size, data.channels, tuple(cfg.data.mean), tuple(cfg.data.std))
     if len(spec.mean) != data.channels:
@@ -116,7 +121,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             "num_classes": len(data.classes),
             "in_channels": data.channels,
             "image_size": size,
-            **OmegaConf.to_container(cfg.model.get("args") or {}, resolve=True),
+            **(OmegaConf.to_container(cfg.model.args, resolve=True) if "args" in cfg.model else {}),
         },
     }
     model = build_model(model_spec["name"], **model_spec["kwargs"]).to(device)
@@ -131,7 +136,9 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     val_batches = Batches(data.val, spec, bs, device, num_workers=workers, limit=tr.limit_val_batches)
     optimizer = instantiate(cfg.optimizer)(params=model.parameters())
     steps = len(train_batches)
-    scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=tr.max_epochs * steps, steps_per_epoch=steps)
+    scheduler = instantiate(cfg.scheduler)(
+        optimizer, total_steps=tr.max_epochs * steps, steps_per_epoch=steps
+    )
     loss_fn = nn.CrossEntropyLoss(label_smoothing=tr.get("label_smoothing", 0.0))
     resolved = OmegaConf.to_container(cfg, resolve=True)
     n_params = sum(p.numel() for p in model.parameters())
@@ -157,13 +164,18 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         log.info("resumed from %s at epoch %d", resume, start_epoch)
 
     files.write_json(run_dir / "class_indices.json", {str(i): c for i, c in enumerate(data.classes)})
-    common = {"model": model_spec, "classes": data.classes, "eval_transform": spec.to_dict(), "config": resolved}
+    common = {
+        "model": model_spec,
+        "classes": data.classes,
+        "eval_transform": spec.to_dict(),
+        "config": resolved,
+    }
     for epoch in range(start_epoch, tr.max_epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         train = train_one_epoch(
-            model, train_batches, preprocess, augment, optimizer, scheduler, loss_fn, tr.precision, epoch
+            model, train_batches, preprocess, augment, optimizer, scheduler, loss_fn, precision, epoch
         )
-        val = evaluate(model, val_batches, preprocess, tr.precision, desc="val")
+        val = evaluate(model, val_batches, preprocess, precision, desc="val")
         row = {
             "epoch": epoch, "train_loss": round(train["loss"], 5), "train_acc": round(train["acc"], 5),
             "val_loss": round(val["loss"], 5), "val_acc": round(val["acc"], 5), "lr": lr,
@@ -174,7 +186,8 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         if val["acc"] > best_acc:
             best_acc, best_epoch = val["acc"], epoch
             checkpoint.save(
-                run_dir / "best.pt", {**common, "state_dict": model.state_dict(), "epoch": epoch, "metrics": metrics}
+                run_dir / "best.pt",
+                {**common, "state_dict": model.state_dict(), "epoch": epoch, "metrics": metrics},
             )
         checkpoint.save(
             run_dir / "last.pt",
@@ -197,7 +210,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         best = checkpoint.load(run_dir / "best.pt")
         model.load_state_dict(best["state_dict"])
         test_batches = Batches(data.test, spec, bs, device, num_workers=workers, limit=tr.limit_test_batches)
-        test = evaluate(model, test_batches, preprocess, tr.precision, desc="test")
+        test = evaluate(model, test_batches, preprocess, precision, desc="test")
         test_acc, test_loss = test["acc"], test["loss"]
     results = {
         "model": cfg.model.name,

@@ -27,4 +27,6 @@ def mobilenet_v3_small(
     num_classes: int, in_channels: int, image_size: int, dropout: float = 0.2
 ) -> nn.Module:
     """MobileNet v3 small (squeeze-excitation, hard-swish)."""
-    return _fit_stem(tvm.mobilenet_v3_small(num_classes=num_classes, dropout=dropout), in_channels, image_size)
+    return _fit_stem(
+        tvm.mobilenet_v3_small(num_classes=num_classes, dropout=dropout), in_channels, image_size
+    )

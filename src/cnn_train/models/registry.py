@@ -46,9 +46,7 @@ def _check_name(name: str) -> None:
         raise UserError(f"model.name: unknown model {name!r}; choose one of: {', '.join(list_models())}")
 
 
-def build_model(
-    name: str, num_classes: int, in_channels: int, image_size: int, **kwargs: Any
-) -> nn.Module:
+def build_model(name: str, num_classes: int, in_channels: int, image_size: int, **kwargs: Any) -> nn.Module:
     """Build a registered network sized for the data: classes, channels and input side."""
     _check_name(name)
     if image_size < _MIN_SIZE[name]:

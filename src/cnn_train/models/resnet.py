@@ -11,7 +11,9 @@ from cnn_train.models.common import SMALL_INPUT, conv_like
 from cnn_train.models.registry import register_model
 
 
-def _resnet(ctor: Callable[..., tvm.ResNet], num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+def _resnet(
+    ctor: Callable[..., tvm.ResNet], num_classes: int, in_channels: int, image_size: int
+) -> nn.Module:
     model = ctor(num_classes=num_classes)
     if image_size < SMALL_INPUT:
         # CIFAR-style stem (He et al. 2016, section 4.2): 3×3 stride 1 and no max-pool.

@@ -1,0 +1,118 @@
+"""Fixtures that write real-format data (IDX, CIFAR pickle batches, image folders) and compose real configs."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from PIL import Image
+
+from cnn_train.data.datasets import DEBIAN_FASHION_MNIST
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# A tiny run: 2 training batches of 8, one validation and one test batch.
+TINY = [
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "data.batch_size=8",
+    "data.num_workers=0",
+]
+
+
+def make_config(*overrides: str, config_name: str = "train") -> DictConfig:
+    """Compose the real configs the way the CLI does."""
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides))
+
+
+@pytest.fixture(scope="session")
+def fashion_root() -> Path:
+    """Real Fashion-MNIST from Debian's dataset-fashion-mnist (installed by .ci/run)."""
+    if not (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file():
+        if os.environ.get("CI"):
+            pytest.fail("CI must install Debian's dataset-fashion-mnist")
+        pytest.skip("Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
+    return DEBIAN_FASHION_MNIST
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """IDX (unsigned byte) as LeCun's files have it, gzipped when the name ends in .gz."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    raw = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(raw) if path.suffix == ".gz" else raw)
+
+
+def class_images(n: int, channels: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy images whose brightness pattern depends on the class, so a network can learn them."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n)
+    images = rng.integers(0, 60, (n, channels, size, size))
+    for i, y in enumerate(labels):
+        band = size // 10 * y
+        images[i, :, band : band + max(1, size // 10), :] += 190
+    return images.clip(0, 255).astype(np.uint8), labels.astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def mnist_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MNIST in torchvision's raw layout, gzipped IDX files."""
+    root = tmp_path_factory.mktemp("mnist")
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, n, seed in (("train", 300, 0), ("t10k", 100, 1)):
+        x, y = class_images(n, 1, 28, seed)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte.gz", x[:, 0])
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte.gz", y)
+    return root
+
+
+CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@pytest.fixture(scope="session")
+def cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """CIFAR-10's python version: pickled dicts with bytes keys, data as N×3072 uint8 rows."""
+    root = tmp_path_factory.mktemp("cifar")
+    batches = root / "cifar-10-batches-py"
+    batches.mkdir()
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for i, name in enumerate(names):
+        x, y = class_images(40, 3, 32, seed=10 + i)
+        entry = {b"batch_label": name.encode(), b"labels": [int(v) for v in y], b"data": x.reshape(40, -1)}
+        entry[b"filenames"] = [f"{name}_{j}.png".encode() for j in range(40)]
+        (batches / name).write_bytes(pickle.dumps(entry, protocol=2))
+    meta = {b"label_names": [c.encode() for c in CIFAR_CLASSES], b"num_cases_per_batch": 40, b"num_vis": 3072}
+    (batches / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return root
+
+
+def write_folder(root: Path, per_class: int, seed: int, size: int = 40) -> None:
+    """red/green/blue class folders of PNG and JPEG photos of varying size, plus a stray text file."""
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(["blue", "green", "red"]):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for j in range(per_class):
+            h, w = size + int(rng.integers(0, 20)), size + int(rng.integers(0, 20))
+            img = rng.integers(0, 80, (h, w, 3))
+            img[..., 2 - c] += 170
+            ext = "png" if j % 2 else "jpg"
+            Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(folder / f"{j}.{ext}")
+        (folder / "notes.txt").write_text("not an image")
+
+
+@pytest.fixture(scope="session")
+def folder_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """root/train, root/val and root/test class folders."""
+    root = tmp_path_factory.mktemp("flowers")
+    for i, (split, n) in enumerate((("train", 12), ("val", 4), ("test", 4))):
+        write_folder(root / split, n, seed=i)
+    return root

@@ -1,0 +1,128 @@
+"""The console scripts as a user runs them: subprocesses, real Fashion-MNIST, assertions on written files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnn_train.data.datasets import read_idx
+
+BIN = Path(sys.executable).parent
+SLICE = [
+    "trainer.limit_train_batches=80",
+    "trainer.limit_val_batches=10",
+    "trainer.limit_test_batches=20",
+]
+
+
+def run(tool: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run(
+        [str(BIN / tool), *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=600
+    )
+
+
+@pytest.fixture(scope="module")
+def workdir(fashion_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A user's folder after `cnn-train model=lenet` on a slice of real Fashion-MNIST."""
+    cwd = tmp_path_factory.mktemp("user")
+    proc = run("cnn-train", "model=lenet", "trainer.max_epochs=2", "optimizer.lr=0.003", *SLICE, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    return cwd
+
+
+def only_run(cwd: Path) -> Path:
+    runs = [p.parent for p in (cwd / "outputs").rglob("results.json") if "multirun" not in str(p)]
+    assert len(runs) == 1
+    return runs[0]
+
+
+def test_cnn_train_writes_the_run_dir(workdir: Path) -> None:
+    run_dir = only_run(workdir)
+    for name in ["best.pt", "last.pt", "class_indices.json", "metrics.csv", "results.json", "train.log"]:
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["test_acc"] > 0.6  # chance is 0.1
+    assert {"test_acc", "best_val_acc", "best_epoch", "wall_seconds"} <= set(results)
+    with (run_dir / "metrics.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 2
+    assert "epoch 2/2" in (run_dir / "train.log").read_text()
+    assert not list(run_dir.glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_cnn_predict_rgba_png_uses_newest_checkpoint(workdir: Path, fashion_root: Path) -> None:
+    img = read_idx(fashion_root / "t10k-images-idx3-ubyte.gz")[1].numpy()  # a pullover
+    rgba = np.stack([img, img, img, np.full_like(img, 255)], axis=-1)
+    Image.fromarray(rgba, "RGBA").save(workdir / "shirt.png")
+    proc = run("cnn-predict", "img=shirt.png", "topk=3", "output=preds.json", cwd=workdir)
+    assert proc.returncode == 0, proc.stderr
+    assert "using the newest checkpoint" in proc.stderr and "best.pt" in proc.stderr
+    classes = json.loads((only_run(workdir) / "class_indices.json").read_text()).values()
+    line = proc.stdout.strip()
+    assert line.startswith("shirt.png") and sum(c in line for c in classes) >= 3
+    preds = json.loads((workdir / "preds.json").read_text())
+    assert len(preds) == 1 and len(preds[0]["topk"]) == 3
+
+
+def test_cnn_predict_reports_a_bad_file_and_exits_nonzero(workdir: Path) -> None:
+    folder = workdir / "mixed"
+    folder.mkdir()
+    Image.new("L", (28, 28), 0).save(folder / "ok.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG broken")
+    ckpt = only_run(workdir) / "best.pt"
+    proc = run("cnn-predict", f"ckpt={ckpt}", f"img={folder}", cwd=workdir)
+    assert proc.returncode == 1
+    assert "ok.png" in proc.stdout and "broken.png: not a readable image" in proc.stderr
+
+
+def test_bad_value_is_one_line_and_keeps_checkpoints(workdir: Path) -> None:
+    proc = run("cnn-train", "optimizer.lr=-1", cwd=workdir)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: optimizer.lr: -1 must be > 0"]
+    proc = run("cnn-predict", "img=shirt.png", "ckpt=nothing.pt", cwd=workdir)
+    assert proc.returncode == 2 and "nothing.pt: no such checkpoint file" in proc.stderr
+    assert (only_run(workdir) / "best.pt").is_file()
+
+
+def test_unknown_model_lists_choices(workdir: Path) -> None:
+    proc = run("cnn-train", "model=resnet7", cwd=workdir)
+    assert proc.returncode != 0
+    assert "resnet7" in proc.stderr and "resnet18" in proc.stderr and "alexnet" in proc.stderr
+
+
+def test_multirun_writes_summary(fashion_root: Path, tmp_path: Path) -> None:
+    proc = run(
+        "cnn-train", "-m", "model=lenet,mlp", "trainer.max_epochs=1", "trainer.limit_train_batches=20",
+        "trainer.limit_val_batches=5", "trainer.limit_test_batches=5", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    summaries = list((tmp_path / "outputs" / "multirun").rglob("summary.csv"))
+    assert len(summaries) == 1
+    with summaries[0].open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["swept"] for r in rows] == ["model=lenet", "model=mlp"]
+    assert rows[0]["overrides"].startswith("model=lenet trainer.max_epochs=1")
+    assert all(r["status"] == "ok" and float(r["test_acc"]) > 0.1 for r in rows)
+    assert "sweep summary" in proc.stderr
+
+
+def test_multirun_records_a_failed_job_and_goes_on(fashion_root: Path, tmp_path: Path) -> None:
+    proc = run(
+        "cnn-train", "-m", "optimizer.lr=-1,0.003", "trainer.max_epochs=1", "trainer.limit_train_batches=5",
+        "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    summary = next((tmp_path / "outputs" / "multirun").rglob("summary.csv"))
+    with summary.open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["status"] for r in rows] == ["failed", "ok"]
+    assert "optimizer.lr: -1 must be > 0" in rows[0]["error"]

@@ -1,0 +1,55 @@
+"""Every option of every config group composes, and the _target_ groups instantiate."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from cnn_train.models import list_models
+from tests.conftest import CONFIGS, make_config
+
+GROUPS = ["model", "data", "optimizer", "scheduler", "augmentation", "trainer", "experiment", "debug"]
+OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONFIGS / g).glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_option_composes(group: str, option: str) -> None:
+    extra = ["data.root=/tmp"] if (group, option) == ("data", "image_folder") else []
+    cfg = make_config(f"{group}={option}", *extra)
+    assert cfg.model.name in list_models()
+    assert cfg.data.name in {"fashion_mnist", "mnist", "cifar10", "image_folder"}
+
+
+def test_model_config_names_match_registry() -> None:
+    assert sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml")) == list_models()
+    for name in list_models():
+        assert make_config(f"model={name}").model.name == name
+
+
+@pytest.mark.parametrize("optimizer", [p.stem for p in (CONFIGS / "optimizer").glob("*.yaml")])
+@pytest.mark.parametrize("scheduler", [p.stem for p in (CONFIGS / "scheduler").glob("*.yaml")])
+def test_optimizer_and_scheduler_instantiate(optimizer: str, scheduler: str) -> None:
+    cfg = make_config(f"optimizer={optimizer}", f"scheduler={scheduler}")
+    params = [torch.nn.Parameter(torch.ones(3))]
+    opt = instantiate(cfg.optimizer)(params=params)
+    sched = instantiate(cfg.scheduler)(opt, total_steps=100, steps_per_epoch=10)
+    lrs = []
+    for _ in range(100):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert all(lr >= 0 for lr in lrs)
+    assert max(lrs) <= cfg.optimizer.lr * 1.0001
+
+
+@pytest.mark.parametrize("option", [p.stem for p in (CONFIGS / "augmentation").glob("*.yaml")])
+def test_augmentation_instantiates_and_keeps_shape(option: str) -> None:
+    aug = instantiate(make_config(f"augmentation={option}").augmentation)
+    x = torch.rand(5, 3, 32, 32)
+    assert aug(x).shape == x.shape
+
+
+def test_alexnet_fashion_mnist_pairing_applies() -> None:
+    assert make_config("model=alexnet", "data=fashion_mnist").trainer.max_epochs == 4
+    assert make_config("model=lenet", "data=fashion_mnist").trainer.max_epochs == 10

@@ -1,0 +1,58 @@
+"""Every registered model builds and steps at every input shape it claims."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from cnn_train.errors import UserError
+from cnn_train.models import build_model, list_models, min_image_size, register_model
+
+SHAPES = [(1, 28), (3, 32), (3, 224)]  # Fashion-MNIST, CIFAR-10, ImageNet-sized photos
+
+
+@pytest.mark.parametrize("channels,size", SHAPES, ids=[f"{c}x{s}" for c, s in SHAPES])
+@pytest.mark.parametrize("name", list_models())
+def test_model_forward_backward(name: str, channels: int, size: int) -> None:
+    size = max(size, min_image_size(name))
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=7, in_channels=channels, image_size=size)
+    x = torch.randn(2, channels, size, size)
+    logits = model(x)
+    assert logits.shape == (2, 7)
+    loss = nn.functional.cross_entropy(logits, torch.tensor([0, 6]))
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
+def test_registry_lists_every_family() -> None:
+    expected = {
+        "lenet", "mlp", "alexnet", "vgg11", "vgg16", "googlenet", "inception_v3", "resnet18", "resnet34",
+        "resnet50", "resnet101", "resnext50_32x4d", "mobilenet_v2", "mobilenet_v3_small",
+    }  # fmt: skip
+    assert expected <= set(list_models())
+
+
+def test_unknown_model_lists_choices() -> None:
+    with pytest.raises(UserError, match=r"model.name: unknown model 'resnet7'.*alexnet.*vgg16"):
+        build_model("resnet7", num_classes=10, in_channels=1, image_size=28)
+
+
+def test_duplicate_registration_raises() -> None:
+    with pytest.raises(ValueError, match="registered twice"):
+        register_model("lenet")(lambda **kw: nn.Identity())
+
+
+def test_too_small_input_is_refused() -> None:
+    with pytest.raises(UserError, match="data.image_size: 32 is too small for inception_v3"):
+        build_model("inception_v3", num_classes=10, in_channels=3, image_size=32)
+
+
+def test_small_input_keeps_spatial_resolution() -> None:
+    """The small-image stem must not collapse a 28 px image before the last stage."""
+    model = build_model("resnet18", num_classes=10, in_channels=1, image_size=28)
+    feats = nn.Sequential(*list(model.children())[:-2])(torch.randn(1, 1, 28, 28))
+    assert feats.shape[-1] == 4  # 28 → 28 → 14 → 7 → 4 (the ImageNet stem would give 1)
