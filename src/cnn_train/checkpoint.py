@@ -6,6 +6,7 @@ config (resolved), epoch, metrics; last.pt adds optimizer, scheduler, rng and hi
 
 from __future__ import annotations
 
+import logging
 import pickle
 import zipfile
 from pathlib import Path
@@ -20,6 +21,7 @@ from cnn_train.files import atomic_write
 from cnn_train.models import build_model
 
 FORMAT = "cnn-train/1"
+log = logging.getLogger(__name__)
 
 
 def _first_line(e: BaseException) -> str:
@@ -64,3 +66,36 @@ def restore_model(payload: dict[str, Any], source: str | Path = "checkpoint") ->
 
 def eval_transform(payload: dict[str, Any]) -> EvalTransform:
     return EvalTransform.from_dict(payload["eval_transform"])
+
+
+def rng_state(shuffle: torch.Generator) -> dict[str, Any]:
+    """The random streams a run draws from: global torch (init, dropout, augmentation) and the shuffle."""
+    state = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], shuffle: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    shuffle.set_state(state["shuffle"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def find_resume(resume: str | None, run_dir: Path, outputs: Path) -> Path | None:
+    """`auto`: this run dir's last.pt, else the newest last.pt of an unfinished run under `outputs`."""
+    if not resume:
+        return None
+    if resume != "auto":
+        path = Path(resume).expanduser()
+        if not path.is_file():
+            raise UserError(f"trainer.resume: {path} does not exist")
+        return path
+    if (run_dir / "last.pt").is_file():
+        return run_dir / "last.pt"
+    unfinished = [p for p in outputs.rglob("last.pt") if not (p.parent / "results.json").exists()]
+    if not unfinished:
+        log.info("trainer.resume=auto: no interrupted run under %s, starting fresh", outputs)
+        return None
+    return max(unfinished, key=lambda p: p.stat().st_mtime)

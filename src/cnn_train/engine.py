@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -50,6 +51,27 @@ def _bar(batches: Iterable, desc: str) -> Any:
     return tqdm(batches, desc=desc, leave=False, dynamic_ncols=True, disable=not sys.stderr.isatty())
 
 
+@dataclass
+class EpochProgress:
+    """Where a training epoch stands; saved mid-epoch so that a resumed run finishes it exactly."""
+
+    epoch: int
+    step: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, float]:
+        seen = max(self.seen, 1)
+        return {
+            "loss": self.loss_sum / seen,
+            "acc": self.correct / seen,
+            "seconds": self.seconds,
+            "images": seen,
+        }
+
+
 def train_one_epoch(
     model: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -59,17 +81,32 @@ def train_one_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     loss_fn: nn.Module,
     precision: str,
-    epoch: int,
-) -> dict[str, float]:
-    """One pass over the training batches; metrics stay on the device and are read once at the end."""
+    progress: EpochProgress,
+    after_step: Callable[[int, Callable[[], EpochProgress]], None] | None = None,
+    total_steps: int | None = None,
+) -> EpochProgress:
+    """Train over `batches`, continuing `progress`; metrics stay on the device until someone reads them.
+
+    `after_step(step, snapshot)` runs after every optimizer step; `snapshot()` syncs the running sums
+    (a mid-epoch checkpoint calls it, the plain loop never does).
+    """
     model.train()
     device = next(model.parameters()).device
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
-    start = time.perf_counter()
-    bar = _bar(batches, f"epoch {epoch}")
-    for step, (x, y) in enumerate(bar, start=1):
+    loss_sum = torch.tensor(progress.loss_sum, device=device)
+    correct = torch.tensor(progress.correct, device=device, dtype=torch.long)
+    seen, step, epoch = progress.seen, progress.step, progress.epoch
+    start = time.perf_counter() - progress.seconds
+
+    def snapshot() -> EpochProgress:
+        elapsed = time.perf_counter() - start
+        return EpochProgress(epoch, step, loss_sum.item(), int(correct.item()), seen, elapsed)
+
+    bar = tqdm(
+        batches, desc=f"epoch {epoch}", total=total_steps, initial=step, leave=False, dynamic_ncols=True,
+        disable=not sys.stderr.isatty(),
+    )  # fmt: skip
+    for x, y in bar:
+        step += 1
         inputs = preprocess(x, augment)
         with autocast(device, precision):
             logits = model(inputs)
@@ -87,13 +124,13 @@ def train_one_epoch(
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
         if not bar.disable and step % 10 == 0:
-            rate = seen / (time.perf_counter() - start)
-            bar.set_postfix(
-                loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}", img_s=f"{rate:.0f}"
-            )
-    seconds = time.perf_counter() - start
-    seen = max(seen, 1)
-    return {"loss": loss_sum.item() / seen, "acc": correct.item() / seen, "seconds": seconds, "images": seen}
+            now = snapshot()
+            rate = (now.seen - progress.seen) / max(now.seconds - progress.seconds, 1e-9)
+            acc = now.correct / now.seen
+            bar.set_postfix(loss=f"{now.loss_sum / now.seen:.3f}", acc=f"{acc:.3f}", img_s=f"{rate:.0f}")
+        if after_step is not None:
+            after_step(step, snapshot)
+    return snapshot()
 
 
 @torch.inference_mode()

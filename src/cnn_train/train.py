@@ -6,6 +6,8 @@ import logging
 import random
 import shutil
 import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,9 @@ from cnn_train import checkpoint, files
 from cnn_train.data.datasets import Dataset, load_dataset
 from cnn_train.data.loaders import Batches
 from cnn_train.data.transforms import EvalTransform, Preprocess
-from cnn_train.engine import evaluate, pick_device, train_one_epoch
+from cnn_train.engine import EpochProgress, evaluate, pick_device, train_one_epoch
 from cnn_train.errors import UserError
+from cnn_train.interrupts import Interrupted, StopRequests
 from cnn_train.models import build_model, min_image_size
 
 log = logging.getLogger(__name__)
@@ -66,162 +69,194 @@ def image_size_for(cfg: DictConfig, data: Dataset) -> int:
     return int(size)
 
 
-def _rng_state(generator: torch.Generator) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "shuffle": generator.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+@dataclass
+class Session:
+    """Everything a run builds from its config, before the first step."""
+
+    data: Dataset
+    spec: EvalTransform
+    model_spec: dict[str, Any]
+    model: nn.Module
+    preprocess: Preprocess
+    augment: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train_batches: Batches
+    val_batches: Batches
+    shuffle: torch.Generator
+    device: torch.device
 
 
-def _set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    generator.set_state(state["shuffle"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def find_resume(resume: str | None, run_dir: Path, outputs: Path) -> Path | None:
-    """`auto`: this run dir's last.pt, else the newest last.pt of an unfinished run under `outputs`."""
-    if not resume:
-        return None
-    if resume != "auto":
-        path = Path(resume).expanduser()
-        if not path.is_file():
-            raise UserError(f"trainer.resume: {path} does not exist")
-        return path
-    if (run_dir / "last.pt").is_file():
-        return run_dir / "last.pt"
-    unfinished = [p for p in outputs.rglob("last.pt") if not (p.parent / "results.json").exists()]
-    if not unfinished:
-        log.info("trainer.resume=auto: no interrupted run under %s, starting fresh", outputs)
-        return None
-    return max(unfinished, key=lambda p: p.stat().st_mtime)
-
-
-def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
-    """Train, keep best.pt/last.pt/metrics.csv current every epoch, then test the best weights."""
-    started = time.perf_counter()
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    check_config(cfg)
+def build(cfg: DictConfig) -> Session:
+    """Data, model, optimizer and schedule, sized from the data."""
     tr = cfg.trainer
-    seed_everything(tr.seed, tr.get("deterministic", False))
     device = pick_device(tr.device)
-    precision = str(tr.precision)  # the command line turns 32 into an int
+    strict = bool(cfg.data.get("strict", False))
     data = load_dataset(
-        cfg.data.name, cfg.data.root, cfg.data.val_split, tr.seed, cfg.data.get("channels", 3)
+        cfg.data.name, cfg.data.root, cfg.data.val_split, tr.seed, cfg.data.get("channels", 3), strict
     )
     size = image_size_for(cfg, data)
     spec = EvalTransform(size, data.channels, tuple(cfg.data.mean), tuple(cfg.data.std))
     if len(spec.mean) != data.channels:
         raise UserError(f"data.mean: {len(spec.mean)} values for {data.channels}-channel images")
-    model_spec = {
-        "name": cfg.model.name,
-        "kwargs": {
-            "num_classes": len(data.classes),
-            "in_channels": data.channels,
-            "image_size": size,
-            **(OmegaConf.to_container(cfg.model.args, resolve=True) if "args" in cfg.model else {}),
-        },
-    }
-    model = build_model(model_spec["name"], **model_spec["kwargs"]).to(device)
-    preprocess = Preprocess(spec).to(device)
-    augment = instantiate(cfg.augmentation)
-    shuffle_gen = torch.Generator().manual_seed(tr.seed)
+    args = OmegaConf.to_container(cfg.model.args, resolve=True) if "args" in cfg.model else {}
+    kwargs = {"num_classes": len(data.classes), "in_channels": data.channels, "image_size": size, **args}
+    model_spec = {"name": cfg.model.name, "kwargs": kwargs}
+    model = build_model(cfg.model.name, **kwargs).to(device)
+    shuffle = torch.Generator().manual_seed(tr.seed)
     bs, workers = int(cfg.data.batch_size), int(cfg.data.num_workers)
     train_batches = Batches(
-        data.train, spec, bs, device, shuffle=True, drop_last=True, generator=shuffle_gen,
-        num_workers=workers, limit=tr.limit_train_batches,
+        data.train, spec, bs, device, shuffle=True, drop_last=True, generator=shuffle, num_workers=workers,
+        limit=tr.limit_train_batches, strict=strict,
     )  # fmt: skip
-    val_batches = Batches(data.val, spec, bs, device, num_workers=workers, limit=tr.limit_val_batches)
+    val_batches = Batches(
+        data.val, spec, bs, device, num_workers=workers, limit=tr.limit_val_batches, strict=strict
+    )
     optimizer = instantiate(cfg.optimizer)(params=model.parameters())
     steps = len(train_batches)
     scheduler = instantiate(cfg.scheduler)(
         optimizer, total_steps=tr.max_epochs * steps, steps_per_epoch=steps
     )
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=tr.get("label_smoothing", 0.0))
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    n_params = sum(p.numel() for p in model.parameters())
-    log.info(
-        "%s on %s: %d classes, %d×%d×%d input, %s parameters, %d train / %d val images, device %s",
-        cfg.model.name, data.name, len(data.classes), data.channels, size, size, f"{n_params:,}",
-        len(data.train), len(data.val), device,
+    augment = instantiate(cfg.augmentation)
+    preprocess = Preprocess(spec).to(device)
+    return Session(
+        data, spec, model_spec, model, preprocess, augment, optimizer, scheduler, train_batches, val_batches,
+        shuffle, device,
     )  # fmt: skip
 
+
+def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
+    """Train, keep best.pt/last.pt/metrics.csv current, then test the best weights.
+
+    last.pt is written at every epoch end, every `trainer.checkpoint_every_n_steps` steps, and on SIGINT or
+    SIGTERM (then `Interrupted` is raised); a resumed run continues mid-epoch exactly where it stopped.
+    """
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    check_config(cfg)
+    tr = cfg.trainer
+    precision = str(tr.precision)  # the command line turns 32 into an int
+    seed_everything(tr.seed, tr.get("deterministic", False))
+    s = build(cfg)
+    n_params = sum(p.numel() for p in s.model.parameters())
+    log.info(
+        "%s on %s: %d classes, %d×%d×%d input, %s parameters, %d train / %d val images, device %s",
+        cfg.model.name, s.data.name, len(s.data.classes), s.data.channels, s.spec.image_size, s.spec.image_size,
+        f"{n_params:,}", len(s.data.train), len(s.data.val), s.device,
+    )  # fmt: skip
+    common = {
+        "model": s.model_spec, "classes": s.data.classes, "eval_transform": s.spec.to_dict(),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }  # fmt: skip
     history: list[dict[str, Any]] = []
-    best_acc, best_epoch, start_epoch = -1.0, 0, 1
-    resume = find_resume(tr.get("resume"), run_dir, Path(str(cfg.get("output_root", "outputs"))))
+    best_acc, best_epoch, start_epoch, partial = -1.0, 0, 1, None
+    resume = checkpoint.find_resume(tr.get("resume"), run_dir, Path(str(cfg.get("output_root", "outputs"))))
     if resume is not None:
         last = checkpoint.load(resume)
-        model.load_state_dict(last["state_dict"])
-        optimizer.load_state_dict(last["optimizer"])
-        scheduler.load_state_dict(last["scheduler"])
-        _set_rng_state(last["rng"], shuffle_gen)
+        if last["model"] != s.model_spec:
+            raise UserError(
+                f"trainer.resume: {resume} holds {last['model']['name']} {last['model']['kwargs']}, "
+                f"but this run builds {s.model_spec['name']} {s.model_spec['kwargs']}"
+            )
+        s.model.load_state_dict(last["state_dict"])
+        s.optimizer.load_state_dict(last["optimizer"])
+        s.scheduler.load_state_dict(last["scheduler"])
+        checkpoint.set_rng_state(last["rng"], s.shuffle)
         history, best_acc, best_epoch = last["history"], last["best_val_acc"], last["best_epoch"]
-        start_epoch = last["epoch"] + 1
+        start_epoch, partial = last["epoch"] + 1, last.get("partial")
         if resume.parent.resolve() != run_dir.resolve() and (resume.parent / "best.pt").is_file():
             shutil.copy2(resume.parent / "best.pt", run_dir / "best.pt")
-        log.info("resumed from %s at epoch %d", resume, start_epoch)
+        where = f"epoch {start_epoch}" + (f", step {partial['step'] + 1}" if partial else "")
+        log.info("resumed from %s at %s", resume, where)
 
-    files.write_json(run_dir / "class_indices.json", {str(i): c for i, c in enumerate(data.classes)})
-    common = {
-        "model": model_spec,
-        "classes": data.classes,
-        "eval_transform": spec.to_dict(),
-        "config": resolved,
-    }
-    for epoch in range(start_epoch, tr.max_epochs + 1):
-        lr = optimizer.param_groups[0]["lr"]
-        train = train_one_epoch(
-            model, train_batches, preprocess, augment, optimizer, scheduler, loss_fn, precision, epoch
-        )
-        val = evaluate(model, val_batches, preprocess, precision, desc="val")
-        row = {
-            "epoch": epoch, "train_loss": round(train["loss"], 5), "train_acc": round(train["acc"], 5),
-            "val_loss": round(val["loss"], 5), "val_acc": round(val["acc"], 5), "lr": lr,
-            "seconds": round(train["seconds"], 2), "images_per_s": round(train["images"] / train["seconds"], 1),
-        }  # fmt: skip
-        history.append(row)
-        metrics = {"val_acc": val["acc"], "val_loss": val["loss"], "train_acc": train["acc"]}
-        if val["acc"] > best_acc:
-            best_acc, best_epoch = val["acc"], epoch
-            checkpoint.save(
-                run_dir / "best.pt",
-                {**common, "state_dict": model.state_dict(), "epoch": epoch, "metrics": metrics},
-            )
+    files.write_json(run_dir / "class_indices.json", {str(i): c for i, c in enumerate(s.data.classes)})
+    every = tr.get("checkpoint_every_n_steps") or 0
+
+    def save_last(epoch_done: int, extra: dict[str, Any]) -> None:
         checkpoint.save(
             run_dir / "last.pt",
             {
-                **common, "state_dict": model.state_dict(), "epoch": epoch, "metrics": metrics,
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": _rng_state(shuffle_gen), "history": history, "best_val_acc": best_acc,
-                "best_epoch": best_epoch,
+                **common, "state_dict": s.model.state_dict(), "epoch": epoch_done,
+                "optimizer": s.optimizer.state_dict(), "scheduler": s.scheduler.state_dict(),
+                "rng": checkpoint.rng_state(s.shuffle), "history": history, "best_val_acc": best_acc,
+                "best_epoch": best_epoch, **extra,
             },
         )  # fmt: skip
-        files.write_csv(run_dir / "metrics.csv", history)
-        log.info(
-            "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.3g  %.1fs  %.0f img/s",
-            epoch, tr.max_epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"],
-            lr, row["seconds"], row["images_per_s"],
-        )  # fmt: skip
 
-    test_acc = test_loss = None
-    if data.test is not None:
-        best = checkpoint.load(run_dir / "best.pt")
-        model.load_state_dict(best["state_dict"])
-        test_batches = Batches(data.test, spec, bs, device, num_workers=workers, limit=tr.limit_test_batches)
-        test = evaluate(model, test_batches, preprocess, precision, desc="test")
-        test_acc, test_loss = test["acc"], test["loss"]
+    with StopRequests() as stop:
+        for epoch in range(start_epoch, tr.max_epochs + 1):
+            if partial is not None:  # replay this epoch's shuffle, skip the batches already trained
+                s.shuffle.set_state(partial["shuffle_state"])
+            epoch_start = s.shuffle.get_state()
+            progress = (
+                EpochProgress(**{k: v for k, v in partial.items() if k != "shuffle_state"})
+                if partial
+                else None
+            )
+            progress = progress or EpochProgress(epoch)
+            partial = None
+            lr = s.optimizer.param_groups[0]["lr"]
+
+            def after_step(
+                step: int, snapshot: Callable[[], EpochProgress], epoch: int = epoch, epoch_start=epoch_start
+            ) -> None:
+                if stop.signum is None and not (every and step % every == 0):
+                    return
+                save_last(epoch - 1, {"partial": {**asdict(snapshot()), "shuffle_state": epoch_start}})
+                if stop.signum is not None:
+                    raise Interrupted(stop.signum, epoch, step, run_dir / "last.pt")
+
+            done = train_one_epoch(
+                s.model, s.train_batches.epoch(skip=progress.step), s.preprocess, s.augment, s.optimizer,
+                s.scheduler, loss_fn(cfg), precision, progress, after_step, total_steps=len(s.train_batches),
+            )  # fmt: skip
+            train = done.summary()
+            val = evaluate(s.model, s.val_batches, s.preprocess, precision, desc="val")
+            row = {
+                "epoch": epoch, "train_loss": round(train["loss"], 5), "train_acc": round(train["acc"], 5),
+                "val_loss": round(val["loss"], 5), "val_acc": round(val["acc"], 5), "lr": lr,
+                "seconds": round(train["seconds"], 2), "images_per_s": round(train["images"] / train["seconds"], 1),
+            }  # fmt: skip
+            history.append(row)
+            metrics = {"val_acc": val["acc"], "val_loss": val["loss"], "train_acc": train["acc"]}
+            if val["acc"] > best_acc:
+                best_acc, best_epoch = val["acc"], epoch
+                best = {**common, "state_dict": s.model.state_dict(), "epoch": epoch, "metrics": metrics}
+                checkpoint.save(run_dir / "best.pt", best)
+            save_last(epoch, {"metrics": metrics})
+            files.write_csv(run_dir / "metrics.csv", history)
+            log.info(
+                "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.3g  %.1fs  %.0f img/s",
+                epoch, tr.max_epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"],
+                lr, row["seconds"], row["images_per_s"],
+            )  # fmt: skip
+            if stop.signum is not None:
+                raise Interrupted(stop.signum, epoch, done.step, run_dir / "last.pt")
+        test_acc, test_loss = test_best(cfg, s, run_dir, precision)
     results = {
-        "model": cfg.model.name,
-        "data": data.name,
-        "test_acc": test_acc,
-        "test_loss": test_loss,
-        "best_val_acc": best_acc,
-        "best_epoch": best_epoch,
-        "epochs": tr.max_epochs,
-        "parameters": n_params,
+        "model": cfg.model.name, "data": s.data.name, "test_acc": test_acc, "test_loss": test_loss,
+        "best_val_acc": best_acc, "best_epoch": best_epoch, "epochs": tr.max_epochs, "parameters": n_params,
         "wall_seconds": round(time.perf_counter() - started, 2),
-    }
+    }  # fmt: skip
     files.write_json(run_dir / "results.json", results)
     return results
+
+
+def loss_fn(cfg: DictConfig) -> nn.Module:
+    return nn.CrossEntropyLoss(label_smoothing=cfg.trainer.get("label_smoothing", 0.0))
+
+
+def test_best(
+    cfg: DictConfig, s: Session, run_dir: Path, precision: str
+) -> tuple[float | None, float | None]:
+    """Accuracy and loss of best.pt on the test split, if the data has one."""
+    if s.data.test is None:
+        return None, None
+    s.model.load_state_dict(checkpoint.load(run_dir / "best.pt")["state_dict"])
+    batches = Batches(
+        s.data.test, s.spec, int(cfg.data.batch_size), s.device, num_workers=int(cfg.data.num_workers),
+        limit=cfg.trainer.limit_test_batches,
+    )  # fmt: skip
+    test = evaluate(s.model, batches, s.preprocess, precision, desc="test")
+    return test["acc"], test["loss"]

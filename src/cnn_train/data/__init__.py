@@ -1,0 +1,1 @@
+"""Datasets (sources, splits), transforms and batch loaders."""

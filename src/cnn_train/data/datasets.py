@@ -1,0 +1,276 @@
+"""Where images come from: the MNIST family (IDX), CIFAR-10 (pickle batches) and folders of images.
+
+Built-in datasets are small, so they are held in memory as uint8 tensors; image folders stay on disk as
+(path, label) lists decoded by loader workers.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torchvision import datasets as tvd
+
+from cnn_train.errors import UserError
+
+log = logging.getLogger(__name__)
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+@dataclass
+class TensorSplit:
+    """Images as uint8 N×C×H×W and int64 labels, sliced into batches without copies per image."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: torch.Tensor) -> TensorSplit:
+        return TensorSplit(self.images[index], self.labels[index])
+
+
+@dataclass
+class FileSplit:
+    """Image files with their labels, decoded on demand."""
+
+    samples: list[tuple[str, int]]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def subset(self, index: torch.Tensor) -> FileSplit:
+        return FileSplit([self.samples[i] for i in index.tolist()])
+
+
+Split = TensorSplit | FileSplit
+
+
+@dataclass
+class Dataset:
+    """Train / validation / optional test splits and what the model needs to know about them."""
+
+    name: str
+    train: Split
+    val: Split
+    test: Split | None
+    classes: list[str]
+    channels: int
+    native_size: int | None  # None: files of any size, resized to the training side
+
+
+def read_idx(path: Path) -> torch.Tensor:
+    """Read an IDX file (the MNIST format), gzipped or not, as a uint8 tensor."""
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError) as e:
+        raise UserError(f"{path}: cannot read IDX file ({e})") from e
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise UserError(f"{path}: not an unsigned-byte IDX file")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    offset = 4 + 4 * ndim
+    count = 1
+    for d in dims:
+        count *= d
+    if len(raw) - offset != count:
+        raise UserError(f"{path}: IDX header promises {dims} but the file holds {len(raw) - offset} bytes")
+    return torch.frombuffer(bytearray(raw[offset:]), dtype=torch.uint8).view(*dims)
+
+
+def _find(directory: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def _idx_dir(candidates: list[Path]) -> Path | None:
+    for d in candidates:
+        if all(_find(d, s) for pair in MNIST_FILES.values() for s in pair):
+            return d
+    return None
+
+
+def _not_found(name: str, root: Path, tried: list[Path], extra: str, err: Exception) -> UserError:
+    places = ", ".join(str(p) for p in tried)
+    return UserError(
+        f"data: no {name} files found (looked in {places}) and the download failed ({err}). "
+        f"Either point data.root at a folder that holds them, {extra}or run once with internet access "
+        f"so torchvision can download them into data.root={root}."
+    )
+
+
+def load_mnist_family(name: str, root: Path) -> tuple[dict[str, TensorSplit], list[str]]:
+    """MNIST or Fashion-MNIST from data.root, Debian's package, then torchvision's download."""
+    tv_class = tvd.FashionMNIST if name == "fashion_mnist" else tvd.MNIST
+    candidates = [root, root / tv_class.__name__ / "raw"]
+    extra = ""
+    if name == "fashion_mnist":
+        candidates.append(DEBIAN_FASHION_MNIST)
+        extra = "install Debian's package (apt-get install dataset-fashion-mnist), "
+    directory = _idx_dir(candidates)
+    if directory is None:
+        try:
+            tv_class(str(root), train=True, download=True)
+            tv_class(str(root), train=False, download=True)
+        except Exception as e:  # torchvision raises RuntimeError/URLError/OSError when offline
+            raise _not_found(name, root, candidates, extra, e) from e
+        directory = root / tv_class.__name__ / "raw"
+    log.info("%s: reading IDX files from %s", name, directory)
+    splits = {}
+    for split, (images, labels) in MNIST_FILES.items():
+        x = read_idx(_find(directory, images))  # type: ignore[arg-type]
+        y = read_idx(_find(directory, labels)).long()  # type: ignore[arg-type]
+        if x.ndim != 3 or len(x) != len(y):
+            raise UserError(f"{directory}: {split} images {tuple(x.shape)} do not match {len(y)} labels")
+        splits[split] = TensorSplit(x.unsqueeze(1).contiguous(), y)
+    return splits, list(tv_class.classes)
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """CIFAR batches are pickles; allow the numpy array reconstruction they need and nothing else."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _unpickle(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            entry = _ArrayUnpickler(f, encoding="latin1").load()
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as e:
+        raise UserError(f"{path}: not a CIFAR-10 python batch ({e})") from e
+    if not isinstance(entry, dict):
+        raise UserError(f"{path}: not a CIFAR-10 python batch (holds {type(entry).__name__})")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
+
+
+def load_cifar10(root: Path) -> tuple[dict[str, TensorSplit], list[str]]:
+    """CIFAR-10 python pickle batches from data.root, then torchvision's download."""
+    candidates = [root / "cifar-10-batches-py", root]
+    directory = next((d for d in candidates if (d / "test_batch").is_file()), None)
+    if directory is None:
+        try:
+            tvd.CIFAR10(str(root), train=True, download=True)
+        except Exception as e:  # torchvision raises RuntimeError/URLError/OSError when offline
+            raise _not_found("cifar10", root, candidates, "", e) from e
+        directory = root / "cifar-10-batches-py"
+    log.info("cifar10: reading batches from %s", directory)
+    meta = _unpickle(directory / "batches.meta")
+    splits = {}
+    for split, files in {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}.items():
+        xs, ys = [], []
+        for fname in files:
+            entry = _unpickle(directory / fname)
+            data = torch.as_tensor(entry["data"], dtype=torch.uint8)
+            xs.append(data.reshape(-1, 3, 32, 32))
+            ys.append(torch.as_tensor(entry["labels"], dtype=torch.long))
+        splits[split] = TensorSplit(torch.cat(xs).contiguous(), torch.cat(ys))
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta["label_names"]]
+    return splits, names
+
+
+def _scan_folder(directory: Path, class_to_idx: dict[str, int] | None = None) -> tuple[FileSplit, list[str]]:
+    """Class folders under `directory`; non-image files are ignored."""
+    try:
+        classes, found = tvd.folder.find_classes(str(directory))
+        mapping = class_to_idx or found
+        if class_to_idx is not None and (extra := set(classes) - set(class_to_idx)):
+            raise UserError(f"{directory}: classes {sorted(extra)} are not in the training folder")
+        samples = tvd.folder.make_dataset(str(directory), mapping, extensions=tvd.folder.IMG_EXTENSIONS)
+    except FileNotFoundError as e:
+        raise UserError(f"data.root: {directory}: {e}") from e
+    return FileSplit(samples), classes
+
+
+def _drop_unreadable(split: FileSplit, strict: bool) -> FileSplit:
+    """Read every file's header once: broken files are listed and skipped, or fail the run if strict."""
+    bad = []
+    for path, _ in split.samples:
+        try:
+            with Image.open(path) as im:
+                im.size  # noqa: B018  (the header is parsed by open)
+        except Exception:  # any failure to parse a file from the wild means the file is unusable
+            bad.append(path)
+    if bad:
+        shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        if strict:
+            raise UserError(f"data.strict: {len(bad)} unreadable image(s): {shown}")
+        log.warning("skipping %d unreadable image(s): %s", len(bad), shown)
+    skipped = set(bad)
+    return FileSplit([s for s in split.samples if s[0] not in skipped])
+
+
+def load_image_folder(root: Path, strict: bool = False) -> tuple[dict[str, FileSplit], list[str]]:
+    """`root/train` (+ `root/val`, `root/test`) or one folder of class folders."""
+    if not root.is_dir():
+        raise UserError(f"data.root: {root} is not a folder of class folders")
+    top = root / "train" if (root / "train").is_dir() else root
+    train, classes = _scan_folder(top)
+    class_to_idx = {c: i for i, c in enumerate(classes)}
+    splits = {"train": _drop_unreadable(train, strict)}
+    for name in ("val", "test"):
+        if top != root and (root / name).is_dir():
+            splits[name] = _drop_unreadable(_scan_folder(root / name, class_to_idx)[0], strict)
+    return splits, classes
+
+
+def holdout(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """Split off `fraction` of `split` for validation; the same seed always picks the same images."""
+    n = len(split)
+    n_val = max(1, round(n * fraction))
+    if n_val >= n:
+        raise UserError(f"data.val_split: {fraction} leaves no training images out of {n}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return split.subset(order[n_val:]), split.subset(order[:n_val])
+
+
+def load_dataset(
+    name: str, root: str | Path, val_split: float, seed: int, channels: int = 3, strict: bool = False
+) -> Dataset:
+    """Load a dataset by its config name (data.name) and carve out the validation split."""
+    root = Path(root).expanduser()
+    native: int | None
+    if name in ("fashion_mnist", "mnist"):
+        splits, classes = load_mnist_family(name, root)
+        channels, native = 1, 28
+    elif name == "cifar10":
+        splits, classes = load_cifar10(root)
+        channels, native = 3, 32
+    elif name == "image_folder":
+        splits, classes = load_image_folder(root, strict)  # type: ignore[assignment]
+        native = None
+    else:
+        raise UserError(f"data.name: unknown dataset {name!r}; choose fashion_mnist, mnist, cifar10, image_folder")
+    if "val" in splits:
+        train, val = splits["train"], splits["val"]
+    else:
+        if not 0.0 < val_split < 1.0:
+            raise UserError(f"data.val_split: {val_split} must lie strictly between 0 and 1")
+        train, val = holdout(splits["train"], val_split, seed)
+    return Dataset(name, train, val, splits.get("test"), classes, channels, native)

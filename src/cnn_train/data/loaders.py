@@ -1,0 +1,128 @@
+"""Batches of uint8 images and labels on the training device, from memory or from files."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+
+from cnn_train.data.datasets import FileSplit, Split, TensorSplit
+from cnn_train.data.transforms import EvalTransform, read_image_tensor
+from cnn_train.errors import UserError
+
+log = logging.getLogger(__name__)
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class _Files(TorchDataset):
+    """Decodes one file per item at the training side; unreadable files come back as None."""
+
+    def __init__(self, split: FileSplit, spec: EvalTransform, strict: bool = False) -> None:
+        self.samples, self.spec, self.strict = split.samples, spec, strict
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int, str]:
+        path, label = self.samples[i]
+        try:
+            return read_image_tensor(path, self.spec), label, path
+        except UserError:
+            if self.strict:
+                raise
+            return None, label, path
+
+
+def _collate(items: list[tuple[torch.Tensor | None, int, str]]) -> Batch:
+    bad = [p for x, _, p in items if x is None]
+    for p in bad:
+        log.warning("skipping unreadable image %s", p)
+    good = [(x, y) for x, y, _ in items if x is not None]
+    if not good:
+        return torch.empty(0), torch.empty(0, dtype=torch.long)
+    return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good])
+
+
+class _Order:
+    """Index lists for one epoch, starting at batch `skip`: the batch sampler behind the file loader."""
+
+    def __init__(self) -> None:
+        self.chunks: list[list[int]] = []
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.chunks)
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+
+class Batches:
+    """An epoch's worth of batches: slices of an in-memory tensor, or decoded files from loader workers.
+
+    The shuffle is drawn from `generator` when an epoch starts, so restoring the generator state saved at
+    that moment and skipping the batches already done replays the rest of the epoch exactly.
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        spec: EvalTransform,
+        batch_size: int,
+        device: torch.device,
+        *,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        generator: torch.Generator | None = None,
+        num_workers: int = 0,
+        limit: int | None = None,
+        strict: bool = False,
+    ) -> None:
+        self.split, self.spec, self.batch_size, self.device = split, spec, batch_size, device
+        self.shuffle, self.generator, self.num_workers, self.strict = shuffle, generator, num_workers, strict
+        # One image in a training batch breaks BatchNorm, so a short last batch is dropped in training.
+        drop = drop_last and len(split) > batch_size
+        full, rest = divmod(len(split), batch_size)
+        n = full + (0 if drop or rest == 0 else 1)
+        self.num_batches = min(n, limit) if limit else n
+        self._order = _Order()
+        self._loader: DataLoader | None = None
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def _chunks(self, skip: int) -> list[torch.Tensor]:
+        n = len(self.split)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        bs = self.batch_size
+        return [order[i * bs : (i + 1) * bs] for i in range(skip, self.num_batches)]
+
+    def _file_loader(self) -> DataLoader:
+        if self._loader is None:
+            self._loader = DataLoader(
+                _Files(self.split, self.spec, self.strict),  # type: ignore[arg-type]
+                batch_sampler=self._order,
+                num_workers=self.num_workers,
+                collate_fn=_collate,
+                pin_memory=self.device.type == "cuda",
+                persistent_workers=self.num_workers > 0,
+            )
+        return self._loader
+
+    def epoch(self, skip: int = 0) -> Iterator[Batch]:
+        """This epoch's batches from batch `skip` on (the shuffle is drawn here)."""
+        chunks = self._chunks(skip)
+        if isinstance(self.split, TensorSplit):
+            batches: Iterator[Batch] = ((self.split.images[i], self.split.labels[i]) for i in chunks)
+        else:
+            self._order.chunks = [c.tolist() for c in chunks]
+            batches = iter(self._file_loader())
+        non_blocking = self.device.type == "cuda"
+        for x, y in batches:
+            if len(y):
+                yield x.to(self.device, non_blocking=non_blocking), y.to(self.device, non_blocking=non_blocking)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self.epoch()
