@@ -21,6 +21,7 @@ from rich.table import Table
 from cnn_train import files
 from cnn_train.engine import pick_device
 from cnn_train.errors import UserError
+from cnn_train.interrupts import Interrupted
 from cnn_train.predict import expand_inputs, newest_checkpoint, predict, write_predictions
 from cnn_train.train import fit
 
@@ -54,6 +55,11 @@ def _train(cfg: DictConfig) -> float | None:
     log.debug("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
     try:
         results = fit(cfg, run_dir)
+    except Interrupted as e:
+        keep = [o for o in hc.overrides.task if not o.startswith(("trainer.resume=", "hydra.run.dir="))]
+        again = " ".join(["cnn-train", *keep, f"hydra.run.dir={run_dir}", "trainer.resume=auto"])
+        console.print(f"stopped by {e}\nresume with: {again}", highlight=False)
+        sys.exit(128 + e.signum)
     except UserError as e:
         if hc.mode == RunMode.MULTIRUN:  # one bad job must not end the sweep
             log.error("job failed: %s", e)

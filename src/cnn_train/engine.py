@@ -56,6 +56,7 @@ class EpochProgress:
     """Where a training epoch stands; saved mid-epoch so that a resumed run finishes it exactly."""
 
     epoch: int
+    lr: float = 0.0  # the lr when the epoch began, reported for the whole epoch
     step: int = 0
     loss_sum: float = 0.0
     correct: int = 0
@@ -94,12 +95,12 @@ def train_one_epoch(
     device = next(model.parameters()).device
     loss_sum = torch.tensor(progress.loss_sum, device=device)
     correct = torch.tensor(progress.correct, device=device, dtype=torch.long)
-    seen, step, epoch = progress.seen, progress.step, progress.epoch
+    seen, step, epoch, lr = progress.seen, progress.step, progress.epoch, progress.lr
     start = time.perf_counter() - progress.seconds
 
     def snapshot() -> EpochProgress:
         elapsed = time.perf_counter() - start
-        return EpochProgress(epoch, step, loss_sum.item(), int(correct.item()), seen, elapsed)
+        return EpochProgress(epoch, lr, step, loss_sum.item(), int(correct.item()), seen, elapsed)
 
     bar = tqdm(
         batches, desc=f"epoch {epoch}", total=total_steps, initial=step, leave=False, dynamic_ncols=True,

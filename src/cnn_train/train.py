@@ -194,9 +194,8 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                 if partial
                 else None
             )
-            progress = progress or EpochProgress(epoch)
+            progress = progress or EpochProgress(epoch, lr=s.optimizer.param_groups[0]["lr"])
             partial = None
-            lr = s.optimizer.param_groups[0]["lr"]
 
             def after_step(
                 step: int, snapshot: Callable[[], EpochProgress], epoch: int = epoch, epoch_start=epoch_start
@@ -215,7 +214,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             val = evaluate(s.model, s.val_batches, s.preprocess, precision, desc="val")
             row = {
                 "epoch": epoch, "train_loss": round(train["loss"], 5), "train_acc": round(train["acc"], 5),
-                "val_loss": round(val["loss"], 5), "val_acc": round(val["acc"], 5), "lr": lr,
+                "val_loss": round(val["loss"], 5), "val_acc": round(val["acc"], 5), "lr": done.lr,
                 "seconds": round(train["seconds"], 2), "images_per_s": round(train["images"] / train["seconds"], 1),
             }  # fmt: skip
             history.append(row)
@@ -229,7 +228,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             log.info(
                 "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.3g  %.1fs  %.0f img/s",
                 epoch, tr.max_epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"],
-                lr, row["seconds"], row["images_per_s"],
+                done.lr, row["seconds"], row["images_per_s"],
             )  # fmt: skip
             if stop.signum is not None:
                 raise Interrupted(stop.signum, epoch, done.step, run_dir / "last.pt")

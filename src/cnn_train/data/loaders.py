@@ -122,7 +122,10 @@ class Batches:
         non_blocking = self.device.type == "cuda"
         for x, y in batches:
             if len(y):
-                yield x.to(self.device, non_blocking=non_blocking), y.to(self.device, non_blocking=non_blocking)
+                yield (
+                    x.to(self.device, non_blocking=non_blocking),
+                    y.to(self.device, non_blocking=non_blocking),
+                )
 
     def __iter__(self) -> Iterator[Batch]:
         return self.epoch()

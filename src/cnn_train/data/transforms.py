@@ -156,5 +156,7 @@ class RandomResizedCropFlip(nn.Module):
         x0 = torch.rand(n, device=dev) * (w - cw)
         y0 = torch.rand(n, device=dev) * (h - ch)
         boxes = torch.stack([torch.arange(n, device=dev, dtype=x.dtype), x0, y0, x0 + cw, y0 + ch], dim=1)
-        x = roi_align(x, boxes.to(x.dtype), output_size=(h, w), spatial_scale=1.0, sampling_ratio=2, aligned=True)
+        x = roi_align(
+            x, boxes.to(x.dtype), output_size=(h, w), spatial_scale=1.0, sampling_ratio=2, aligned=True
+        )
         return _flip(x) if self.flip else x
