@@ -99,16 +99,21 @@ def test_unknown_model_lists_choices(workdir: Path) -> None:
     assert "resnet7" in proc.stderr and "resnet18" in proc.stderr and "alexnet" in proc.stderr
 
 
-def test_multirun_writes_summary(fashion_root: Path, tmp_path: Path) -> None:
+def sweep(cwd: Path, *overrides: str) -> tuple[subprocess.CompletedProcess[str], list[dict[str, str]]]:
+    """`cnn-train -m` on a few batches; returns the process and the rows of its one summary.csv."""
     proc = run(
-        "cnn-train", "-m", "model=lenet,mlp", "trainer.max_epochs=1", "trainer.limit_train_batches=20",
-        "trainer.limit_val_batches=5", "trainer.limit_test_batches=5", cwd=tmp_path,
+        "cnn-train", "-m", *overrides, "trainer.max_epochs=1", "trainer.limit_train_batches=20",
+        "trainer.limit_val_batches=5", "trainer.limit_test_batches=5", cwd=cwd,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    summaries = list((tmp_path / "outputs" / "multirun").rglob("summary.csv"))
+    summaries = list((cwd / "outputs" / "multirun").rglob("summary.csv"))
     assert len(summaries) == 1
     with summaries[0].open() as f:
-        rows = list(csv.DictReader(f))
+        return proc, list(csv.DictReader(f))
+
+
+def test_multirun_writes_summary(fashion_root: Path, tmp_path: Path) -> None:
+    proc, rows = sweep(tmp_path, "model=lenet,mlp")
     assert [r["swept"] for r in rows] == ["model=lenet", "model=mlp"]
     assert rows[0]["overrides"].startswith("model=lenet trainer.max_epochs=1")
     assert all(r["status"] == "ok" and float(r["test_acc"]) > 0.1 for r in rows)
@@ -116,13 +121,6 @@ def test_multirun_writes_summary(fashion_root: Path, tmp_path: Path) -> None:
 
 
 def test_multirun_records_a_failed_job_and_goes_on(fashion_root: Path, tmp_path: Path) -> None:
-    proc = run(
-        "cnn-train", "-m", "optimizer.lr=-1,0.003", "trainer.max_epochs=1", "trainer.limit_train_batches=5",
-        "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", cwd=tmp_path,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    summary = next((tmp_path / "outputs" / "multirun").rglob("summary.csv"))
-    with summary.open() as f:
-        rows = list(csv.DictReader(f))
+    _, rows = sweep(tmp_path, "optimizer.lr=-1,0.003")
     assert [r["status"] for r in rows] == ["failed", "ok"]
     assert "optimizer.lr: -1 must be > 0" in rows[0]["error"]
