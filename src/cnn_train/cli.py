@@ -6,6 +6,7 @@ traceback.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -15,14 +16,18 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
+from rich.console import Console, Group
 from rich.table import Table
 
-from cnn_train import files
+from cnn_train import files, plots
+from cnn_train.data.datasets import describe
 from cnn_train.engine import pick_device
 from cnn_train.errors import UserError
+from cnn_train.evaluation import evaluate_checkpoint
 from cnn_train.interrupts import Interrupted
+from cnn_train.models import build_model
 from cnn_train.predict import expand_inputs, newest_checkpoint, predict, write_predictions
+from cnn_train.summary import summarize
 from cnn_train.train import fit
 
 log = logging.getLogger("cnn_train")
@@ -83,6 +88,17 @@ def _predict(cfg: DictConfig) -> None:
         rows, failed = predict(ckpt, paths, cfg.topk, pick_device(cfg.device), cfg.batch_size)
         if cfg.output:
             write_predictions(cfg.output, rows)
+        if cfg.save_annotated:
+            folder = (
+                Path(f"{Path(cfg.output).with_suffix('')}_annotated") if cfg.output else Path("annotated")
+            )
+            for i, row in enumerate(rows):
+                name, prob = row.topk[0]
+                target = (
+                    folder / f"{i:04d}_{Path(row.path).stem}.png"
+                )  # numbered: names repeat across folders
+                plots.plot_annotated(row.path, f"class: {name} prob: {prob:.3f}", target)
+            console.print(f"wrote {len(rows)} annotated images to {folder}", highlight=False)
     except UserError as e:
         _fail(str(e))
         return
@@ -96,6 +112,109 @@ def _predict(cfg: DictConfig) -> None:
         console.print(f"wrote {len(rows)} rows to {cfg.output}", highlight=False)
     if failed:
         sys.exit(1)
+
+
+@hydra.main(version_base="1.3", config_path=_config_dir(), config_name="summary")
+def _summary(cfg: DictConfig) -> None:
+    try:
+        channels, num_classes, native = describe(cfg.data.name, cfg.data.root, cfg.data.get("channels", 3))
+        size = int(cfg.data.get("image_size") or cfg.model.get("image_size") or native or 224)
+        args = OmegaConf.to_container(cfg.model.args, resolve=True) if "args" in cfg.model else {}
+        model = build_model(
+            cfg.model.name, num_classes=num_classes, in_channels=channels, image_size=size, **args
+        )
+        report = summarize(model, channels, size)
+        if cfg.json:
+            files.write_json(cfg.json, {"model": cfg.model.name, **report})
+    except UserError as e:
+        _fail(str(e))
+        return
+    if _SUMMARY_JSON_TO_STDOUT:
+        print(json.dumps({"model": cfg.model.name, **report}, indent=2))
+    else:
+        Console(width=None if sys.stdout.isatty() else 140).print(summary_tables(cfg.model.name, report))
+
+
+@hydra.main(version_base="1.3", config_path=_config_dir(), config_name="eval")
+def _eval(cfg: DictConfig) -> None:
+    try:
+        if cfg.split not in ("test", "val"):
+            raise UserError(f"split: {cfg.split!r} is not test or val")
+        ckpt = Path(cfg.ckpt).expanduser() if cfg.ckpt else newest_checkpoint(cfg.output_root)
+        if not cfg.ckpt:
+            console.print(f"using the newest checkpoint: {ckpt}", highlight=False)
+        out_dir = Path(cfg.output_dir) if cfg.output_dir else ckpt.parent / "eval"
+        data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else None
+        report = evaluate_checkpoint(
+            ckpt, out_dir, data, cfg.split, pick_device(cfg.device), cfg.batch_size, cfg.limit_batches
+        )
+    except UserError as e:
+        _fail(str(e))
+        return
+    table = Table(title=f"{report['data']} {report['split']}: accuracy {report['accuracy']:.4f}, "
+                  f"top-5 {report['top5_accuracy']:.4f} ({report['images']} images)")  # fmt: skip
+    for col in ("class", "precision", "recall", "F1", "support"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for r in report["per_class"]:
+        table.add_row(
+            r["class"], f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", str(r["support"])
+        )
+    Console(width=None if sys.stdout.isatty() else 120).print(table)
+    console.print(f"wrote eval.json, confusion_matrix.png, misclassified.png to {out_dir}", highlight=False)
+
+
+def summary_tables(name: str, report: dict[str, Any]) -> Group:
+    """The layer table, then the conv / fully connected split."""
+    layers = Table(title=f"{name}, input {'×'.join(map(str, report['input']))}", show_lines=False)
+    for col in ("layer", "type", "output shape", "params", "FLOPs", "activations"):
+        layers.add_column(col, justify="left" if col in ("layer", "type", "output shape") else "right")
+    for lay in report["layers"]:
+        shape = "×".join(map(str, lay["output_shape"]))
+        layers.add_row(
+            lay["name"],
+            lay["type"],
+            shape,
+            f"{lay['params']:,}",
+            _si(lay["flops"]),
+            _si(lay["activation_bytes"], "B"),
+        )
+    layers.add_row(
+        "total", "", "", f"{report['total_params']:,}", _si(report["total_flops"]),
+        _si(report["total_activation_bytes"], "B"), style="bold",
+    )  # fmt: skip
+    split = Table(title="where parameters and compute sit")
+    for col in ("layers", "params", "share of params", "FLOPs", "share of FLOPs"):
+        split.add_column(col, justify="right")
+    for kind, label in (("conv", "convolutions"), ("fc", "fully connected")):
+        d = report["split"][kind]
+        split.add_row(
+            label, f"{d['params']:,}", f"{d['params_share']:.1%}", _si(d["flops"]), f"{d['flops_share']:.1%}"
+        )
+    return Group(layers, split)
+
+
+def _si(value: float, unit: str = "") -> str:
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.2f} {prefix}{unit}"
+    return f"{value:.0f} {unit}".strip()
+
+
+_SUMMARY_JSON_TO_STDOUT = False
+
+
+def summary_main() -> None:
+    """`cnn-summary model=... data=... [--json]`: the model's anatomy."""
+    global _SUMMARY_JSON_TO_STDOUT
+    if "--json" in sys.argv:
+        sys.argv.remove("--json")
+        _SUMMARY_JSON_TO_STDOUT = True
+    _summary()
+
+
+def eval_main() -> None:
+    """`cnn-eval ckpt=... [data=...]`: evaluate a checkpoint."""
+    _eval()
 
 
 def train_main() -> None:

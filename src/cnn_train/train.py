@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from cnn_train import checkpoint, files
+from cnn_train import checkpoint, files, plots
 from cnn_train.data.datasets import Dataset, load_dataset
 from cnn_train.data.loaders import Batches
 from cnn_train.data.transforms import EvalTransform, Preprocess
@@ -171,6 +171,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         log.info("resumed from %s at %s", resume, where)
 
     files.write_json(run_dir / "class_indices.json", {str(i): c for i, c in enumerate(s.data.classes)})
+    plot_samples(s, run_dir / "samples.png")
     every = tr.get("checkpoint_every_n_steps") or 0
 
     def save_last(epoch_done: int, extra: dict[str, Any]) -> None:
@@ -225,6 +226,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                 checkpoint.save(run_dir / "best.pt", best)
             save_last(epoch, {"metrics": metrics})
             files.write_csv(run_dir / "metrics.csv", history)
+            plots.plot_curves(history, run_dir / "curves.png")
             log.info(
                 "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.3g  %.1fs  %.0f img/s",
                 epoch, tr.max_epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"],
@@ -240,6 +242,15 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     }  # fmt: skip
     files.write_json(run_dir / "results.json", results)
     return results
+
+
+def plot_samples(s: Session, path: Path, n: int = 32) -> None:
+    """The first training images after augmentation, named; on a forked RNG so training draws the same."""
+    first = s.data.train.subset(torch.arange(min(n, len(s.data.train))))
+    with torch.random.fork_rng(devices=[s.device] if s.device.type == "cuda" else []):
+        x, y = next(iter(Batches(first, s.spec, n, s.device)))
+        images = s.preprocess.unit(x, s.augment)
+    plots.plot_grid(images, [s.data.classes[i] for i in y.tolist()], path)
 
 
 def loss_fn(cfg: DictConfig) -> nn.Module:

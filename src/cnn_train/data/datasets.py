@@ -243,6 +243,25 @@ def load_image_folder(root: Path, strict: bool = False) -> tuple[dict[str, FileS
     return splits, classes
 
 
+def describe(name: str, root: str | Path, channels: int = 3) -> tuple[int, int, int | None]:
+    """(channels, classes, native side) without reading images: enough to build and inspect a model."""
+    if name in ("fashion_mnist", "mnist"):
+        return 1, 10, 28
+    if name == "cifar10":
+        return 3, 10, 32
+    if name == "image_folder":
+        root = Path(root).expanduser()
+        top = root / "train" if (root / "train").is_dir() else root
+        try:
+            classes, _ = tvd.folder.find_classes(str(top))
+        except FileNotFoundError as e:
+            raise UserError(f"data.root: {top}: {e}") from e
+        return channels, len(classes), None
+    raise UserError(
+        f"data.name: unknown dataset {name!r}; choose fashion_mnist, mnist, cifar10, image_folder"
+    )
+
+
 def holdout(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
     """Split off `fraction` of `split` for validation; the same seed always picks the same images."""
     n = len(split)

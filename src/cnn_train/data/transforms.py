@@ -91,13 +91,15 @@ class Preprocess(nn.Module):
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, -1, 1, 1), persistent=False)
 
-    def forward(self, x: torch.Tensor, augment: nn.Module | None = None) -> torch.Tensor:
+    def unit(self, x: torch.Tensor, augment: nn.Module | None = None) -> torch.Tensor:
+        """The batch as the network sees it, before normalisation: floats in [0, 1] (what samples.png shows)."""
         x = x.float().div_(255)
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True)
-        if augment is not None:
-            x = augment(x)
-        return (x - self.mean) / self.std
+        return augment(x) if augment is not None else x
+
+    def forward(self, x: torch.Tensor, augment: nn.Module | None = None) -> torch.Tensor:
+        return (self.unit(x, augment) - self.mean) / self.std
 
 
 def _flip(x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,87 @@
+"""cnn-eval's work: a checkpoint on a data split, as numbers (eval.json) and figures (PNG)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cnn_train import checkpoint, files, plots
+from cnn_train.data.datasets import load_dataset
+from cnn_train.data.loaders import Batches
+from cnn_train.data.transforms import Preprocess
+from cnn_train.engine import infer
+from cnn_train.errors import UserError
+
+
+def per_class(confusion: torch.Tensor, classes: list[str]) -> list[dict[str, Any]]:
+    """Precision, recall, F1 and support per class from a true×predicted count matrix."""
+    tp = confusion.diag().double()
+    predicted, actual = confusion.sum(0).double(), confusion.sum(1).double()
+    precision = tp / predicted.clamp(min=1)
+    recall = tp / actual.clamp(min=1)
+    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+    return [
+        {"class": c, "precision": p, "recall": r, "f1": f, "support": int(n)}
+        for c, p, r, f, n in zip(
+            classes, precision.tolist(), recall.tolist(), f1.tolist(), actual.tolist(), strict=True
+        )
+    ]
+
+
+def evaluate_checkpoint(
+    ckpt: str | Path,
+    out_dir: str | Path,
+    data: dict[str, Any] | None = None,
+    split: str = "test",
+    device: torch.device | None = None,
+    batch_size: int = 256,
+    limit_batches: int | None = None,
+    max_shown: int = 32,
+) -> dict[str, Any]:
+    """Accuracy, top-5, per-class metrics and the confusion matrix; writes eval.json and two figures."""
+    device = device or torch.device("cpu")
+    payload = checkpoint.load(ckpt)
+    model = checkpoint.restore_model(payload, ckpt).to(device)
+    spec = checkpoint.eval_transform(payload)
+    classes: list[str] = payload["classes"]
+    cfg = data or payload["config"]["data"]
+    seed = payload["config"].get("trainer", {}).get("seed", 42)
+    dataset = load_dataset(cfg["name"], cfg["root"], cfg["val_split"], seed, cfg.get("channels", 3))
+    if len(dataset.classes) != len(classes):
+        raise UserError(
+            f"data: {cfg['name']} has {len(dataset.classes)} classes, the checkpoint {len(classes)}"
+        )
+    chosen = dataset.test if split == "test" else dataset.val
+    if chosen is None:
+        raise UserError(f"split: {cfg['name']} at {cfg['root']} has no test split; use split=val")
+    preprocess = Preprocess(spec).to(device)
+    k = len(classes)
+    confusion = torch.zeros(k, k, dtype=torch.long)
+    top5_hits, seen = 0, 0
+    wrong_images, wrong_titles = [], []
+    for x, y in Batches(chosen, spec, batch_size, device, limit=limit_batches):
+        logits = infer(model, preprocess, x)
+        pred = logits.argmax(1)
+        confusion += torch.bincount((y * k + pred).cpu(), minlength=k * k).view(k, k)
+        top5_hits += (logits.topk(min(5, k), dim=1).indices == y[:, None]).any(1).sum().item()
+        seen += len(y)
+        wrong = (pred != y).nonzero().flatten()[: max_shown - len(wrong_images)]
+        if len(wrong):
+            wrong_images.extend(preprocess.unit(x[wrong]).cpu())
+            wrong_titles.extend(
+                f"true {classes[t]}\npred {classes[p]}"
+                for t, p in zip(y[wrong].tolist(), pred[wrong].tolist(), strict=True)
+            )
+    out = Path(out_dir)
+    report = {
+        "checkpoint": str(ckpt), "data": cfg["name"], "split": split, "images": seen,
+        "accuracy": confusion.diag().sum().item() / max(seen, 1), "top5_accuracy": top5_hits / max(seen, 1),
+        "per_class": per_class(confusion, classes), "confusion_matrix": confusion.tolist(),
+    }  # fmt: skip
+    files.write_json(out / "eval.json", report)
+    plots.plot_confusion(confusion, classes, out / "confusion_matrix.png")
+    if wrong_images:
+        plots.plot_grid(torch.stack(wrong_images), wrong_titles, out / "misclassified.png")
+    return report

@@ -1,0 +1,104 @@
+"""The textbook's figures, written into run and eval dirs: curves, image grids, confusion matrix.
+
+matplotlib is imported inside each function (Agg backend) so that commands which draw nothing start fast.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cnn_train.files import atomic_write
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: str | Path) -> None:
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"))
+    _pyplot().close(fig)
+
+
+def plot_curves(history: Sequence[dict[str, Any]], path: str | Path) -> None:
+    """Train loss, train accuracy and validation accuracy per epoch on one axis, as the textbook plots them."""
+    plt = _pyplot()
+    epochs = [r["epoch"] for r in history]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(epochs, [r["train_loss"] for r in history], "-", label="train loss")
+    ax.plot(epochs, [r["train_acc"] for r in history], "--", label="train acc")
+    ax.plot(epochs, [r["val_acc"] for r in history], "-.", label="val acc")
+    ax.set_xlabel("epoch")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    _save(fig, path)
+
+
+def plot_grid(images: torch.Tensor, titles: Sequence[str], path: str | Path, columns: int = 8) -> None:
+    """Images in [0, 1] (N×C×H×W) in a grid, each with its title (class names, or true/predicted)."""
+    plt = _pyplot()
+    n = len(images)
+    rows = max(1, math.ceil(n / columns))
+    cols = min(columns, max(n, 1))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, title in zip(axes.flat, images, titles, strict=False):
+        img = img.detach().float().clamp(0, 1).cpu()
+        if img.shape[0] == 1:
+            ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
+        else:
+            ax.imshow(img.permute(1, 2, 0).numpy())
+        ax.set_title(title, fontsize=7)
+    _save(fig, path)
+
+
+def plot_confusion(matrix: torch.Tensor, classes: Sequence[str], path: str | Path) -> None:
+    """Rows are true classes, columns predicted ones; counts written in the cells."""
+    plt = _pyplot()
+    k = len(classes)
+    size = max(4.0, 0.45 * k + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(matrix.numpy(), cmap="Blues")
+    ax.set_xticks(range(k), classes, rotation=90, fontsize=7)
+    ax.set_yticks(range(k), classes, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if k <= 30:
+        top = matrix.max().item() or 1
+        for i in range(k):
+            for j in range(k):
+                v = int(matrix[i, j])
+                ax.text(
+                    j,
+                    i,
+                    str(v),
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if v > top / 2 else "black",
+                )
+    _save(fig, path)
+
+
+def plot_annotated(image_path: str | Path, title: str, path: str | Path) -> None:
+    """The original image with the prediction as its title, the way the textbook shows a prediction."""
+    from PIL import Image
+
+    plt = _pyplot()
+    with Image.open(image_path) as im:
+        img = im.convert("RGB")
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.imshow(img)
+    ax.set_title(title)
+    ax.axis("off")
+    _save(fig, path)
