@@ -24,6 +24,7 @@ from cnn_train.data.datasets import describe
 from cnn_train.engine import pick_device
 from cnn_train.errors import UserError
 from cnn_train.evaluation import evaluate_checkpoint
+from cnn_train.export import export
 from cnn_train.interrupts import Interrupted
 from cnn_train.models import build_model
 from cnn_train.predict import expand_inputs, newest_checkpoint, predict, write_predictions
@@ -163,6 +164,18 @@ def _eval(cfg: DictConfig) -> None:
     console.print(f"wrote eval.json, confusion_matrix.png, misclassified.png to {out_dir}", highlight=False)
 
 
+@hydra.main(version_base="1.3", config_path=_config_dir(), config_name="export")
+def _export(cfg: DictConfig) -> None:
+    try:
+        if not cfg.ckpt:
+            raise UserError("ckpt: give the checkpoint to export, e.g. ckpt=outputs/.../best.pt")
+        path, diff = export(Path(cfg.ckpt).expanduser(), str(cfg.format), cfg.output, float(cfg.tolerance))
+    except UserError as e:
+        _fail(str(e))
+        return
+    console.print(f"wrote {path}; max |difference| from PyTorch on a real batch: {diff:.2e}", highlight=False)
+
+
 def summary_tables(name: str, report: dict[str, Any]) -> Group:
     """The layer table, then the conv / fully connected split."""
     layers = Table(title=f"{name}, input {'×'.join(map(str, report['input']))}", show_lines=False)
@@ -215,6 +228,11 @@ def summary_main() -> None:
 def eval_main() -> None:
     """`cnn-eval ckpt=... [data=...]`: evaluate a checkpoint."""
     _eval()
+
+
+def export_main() -> None:
+    """`cnn-export ckpt=... format=onnx|torchscript`: export a checkpoint and check it."""
+    _export()
 
 
 def train_main() -> None:

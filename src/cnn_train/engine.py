@@ -92,6 +92,14 @@ def train_one_epoch(
     (a mid-epoch checkpoint calls it, the plain loop never does).
     """
     model.train()
+    for m in model.modules():  # frozen BatchNorm keeps its running statistics (fine-tuning a backbone)
+        params = list(m.parameters(recurse=False))
+        if (
+            isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and params
+            and not any(p.requires_grad for p in params)
+        ):
+            m.eval()
     device = next(model.parameters()).device
     loss_sum = torch.tensor(progress.loss_sum, device=device)
     correct = torch.tensor(progress.correct, device=device, dtype=torch.long)
@@ -135,8 +143,16 @@ def train_one_epoch(
 
 
 @torch.inference_mode()
-def infer(model: nn.Module, preprocess: Preprocess, x: torch.Tensor, precision: str = "32") -> torch.Tensor:
-    """Logits (fp32) for a uint8 batch, through the eval transform; shared by evaluation and predict."""
+def infer(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    preprocess: Preprocess,
+    x: torch.Tensor,
+    precision: str = "32",
+) -> torch.Tensor:
+    """Logits (fp32) for a uint8 batch, through the eval transform; shared by evaluation and predict.
+
+    `model` is a network, or anything with its call signature and `eval()` (an ONNX export).
+    """
     model.eval()
     with autocast(x.device, precision):
         return model(preprocess(x)).float()

@@ -14,6 +14,7 @@ from cnn_train import checkpoint, files
 from cnn_train.data.transforms import Preprocess, read_image_tensor
 from cnn_train.engine import infer
 from cnn_train.errors import UserError
+from cnn_train.export import OnnxModel
 
 
 @dataclass
@@ -55,10 +56,13 @@ def predict(
 ) -> tuple[list[Prediction], list[tuple[str, str]]]:
     """Top-k (class, probability) per readable image, plus (path, reason) for each unreadable one."""
     device = device or torch.device("cpu")
-    payload = checkpoint.load(ckpt)
-    model = checkpoint.restore_model(payload, ckpt).to(device)
-    spec = checkpoint.eval_transform(payload)
-    classes: list[str] = payload["classes"]
+    if Path(ckpt).suffix == ".onnx":  # an export from cnn-export carries classes and transform itself
+        model: Any = OnnxModel(ckpt)
+        spec, classes = model.spec, model.classes
+    else:
+        payload = checkpoint.load(ckpt)
+        model = checkpoint.restore_model(payload, ckpt).to(device)
+        spec, classes = checkpoint.eval_transform(payload), payload["classes"]
     preprocess = Preprocess(spec).to(device)
     k = max(1, min(topk, len(classes)))
     rows: list[Prediction] = []

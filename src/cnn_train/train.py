@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from cnn_train import checkpoint, files, plots
+from cnn_train import checkpoint, files, plots, transfer
 from cnn_train.data.datasets import Dataset, load_dataset
 from cnn_train.data.loaders import Batches
 from cnn_train.data.transforms import EvalTransform, Preprocess
@@ -85,24 +85,47 @@ class Session:
     val_batches: Batches
     shuffle: torch.Generator
     device: torch.device
+    init: str  # where the starting weights came from
+
+
+def _fit_channels(values: tuple[float, ...], channels: int) -> tuple[float, ...]:
+    """Per-channel statistics for another channel count: averaged for grey, repeated for colour."""
+    if len(values) == channels:
+        return values
+    return (sum(values) / len(values),) if channels == 1 else values[:1] * channels
 
 
 def build(cfg: DictConfig) -> Session:
-    """Data, model, optimizer and schedule, sized from the data."""
-    tr = cfg.trainer
+    """Data, model (with transferred weights and frozen layers), optimizer and schedule, sized from the data."""
+    tr, m = cfg.trainer, cfg.model
     device = pick_device(tr.device)
+    source = None
+    if m.get("pretrained"):
+        source = transfer.imagenet_source(m.name)
+    elif m.get("weights"):
+        source = transfer.file_source(m.weights)
     strict = bool(cfg.data.get("strict", False))
-    data = load_dataset(
-        cfg.data.name, cfg.data.root, cfg.data.val_split, tr.seed, cfg.data.get("channels", 3), strict
-    )
+    want = cfg.data.get("channels", 3)
+    if source is not None and source.channels == 1:
+        want = 1  # grey weights: colour images are converted to grey
+    data = load_dataset(cfg.data.name, cfg.data.root, cfg.data.val_split, tr.seed, want, strict)
     size = image_size_for(cfg, data)
-    spec = EvalTransform(size, data.channels, tuple(cfg.data.mean), tuple(cfg.data.std))
-    if len(spec.mean) != data.channels:
-        raise UserError(f"data.mean: {len(spec.mean)} values for {data.channels}-channel images")
-    args = OmegaConf.to_container(cfg.model.args, resolve=True) if "args" in cfg.model else {}
-    kwargs = {"num_classes": len(data.classes), "in_channels": data.channels, "image_size": size, **args}
-    model_spec = {"name": cfg.model.name, "kwargs": kwargs}
-    model = build_model(cfg.model.name, **kwargs).to(device)
+    # Grey data into colour weights: the model takes one channel and the first conv's kernels are summed.
+    channels = 1 if data.channels == 1 or (source is not None and source.channels == 1) else data.channels
+    mean, std = tuple(cfg.data.mean), tuple(cfg.data.std)
+    if source is not None and source.mean is not None:
+        mean, std = source.mean, source.std  # the normalisation the weights were trained with
+    if len(mean) != len(std) or len(mean) not in (1, 3):
+        raise UserError(f"data.mean/data.std: {len(mean)} and {len(std)} values; give 1 or 3 of each")
+    spec = EvalTransform(size, channels, _fit_channels(mean, channels), _fit_channels(std, channels))
+    args = OmegaConf.to_container(m.args, resolve=True) if "args" in m else {}
+    kwargs = {"num_classes": len(data.classes), "in_channels": channels, "image_size": size, **args}
+    model_spec = {"name": m.name, "kwargs": kwargs}
+    model = build_model(m.name, **kwargs)
+    if source is not None:
+        transfer.load_source(model, source)
+    transfer.freeze(model, m.get("finetune", "full"), int(m.get("trainable_layers", 1)))
+    model = model.to(device)
     shuffle = torch.Generator().manual_seed(tr.seed)
     bs, workers = int(cfg.data.batch_size), int(cfg.data.num_workers)
     train_batches = Batches(
@@ -112,7 +135,7 @@ def build(cfg: DictConfig) -> Session:
     val_batches = Batches(
         data.val, spec, bs, device, num_workers=workers, limit=tr.limit_val_batches, strict=strict
     )
-    optimizer = instantiate(cfg.optimizer)(params=model.parameters())
+    optimizer = instantiate(cfg.optimizer)(params=[p for p in model.parameters() if p.requires_grad])
     steps = len(train_batches)
     scheduler = instantiate(cfg.scheduler)(
         optimizer, total_steps=tr.max_epochs * steps, steps_per_epoch=steps
@@ -121,7 +144,7 @@ def build(cfg: DictConfig) -> Session:
     preprocess = Preprocess(spec).to(device)
     return Session(
         data, spec, model_spec, model, preprocess, augment, optimizer, scheduler, train_batches, val_batches,
-        shuffle, device,
+        shuffle, device, source.origin if source is not None else "scratch",
     )  # fmt: skip
 
 
@@ -140,14 +163,15 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     seed_everything(tr.seed, tr.get("deterministic", False))
     s = build(cfg)
     n_params = sum(p.numel() for p in s.model.parameters())
+    n_train = sum(p.numel() for p in s.model.parameters() if p.requires_grad)
     log.info(
-        "%s on %s: %d classes, %d×%d×%d input, %s parameters, %d train / %d val images, device %s",
-        cfg.model.name, s.data.name, len(s.data.classes), s.data.channels, s.spec.image_size, s.spec.image_size,
-        f"{n_params:,}", len(s.data.train), len(s.data.val), s.device,
+        "%s on %s: %d classes, %d×%d×%d input, %s of %s parameters trainable, %d train / %d val images, device %s",
+        cfg.model.name, s.data.name, len(s.data.classes), s.spec.channels, s.spec.image_size, s.spec.image_size,
+        f"{n_train:,}", f"{n_params:,}", len(s.data.train), len(s.data.val), s.device,
     )  # fmt: skip
     common = {
         "model": s.model_spec, "classes": s.data.classes, "eval_transform": s.spec.to_dict(),
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": OmegaConf.to_container(cfg, resolve=True), "init": s.init,
     }  # fmt: skip
     history: list[dict[str, Any]] = []
     best_acc, best_epoch, start_epoch, partial = -1.0, 0, 1, None
@@ -238,6 +262,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     results = {
         "model": cfg.model.name, "data": s.data.name, "test_acc": test_acc, "test_loss": test_loss,
         "best_val_acc": best_acc, "best_epoch": best_epoch, "epochs": tr.max_epochs, "parameters": n_params,
+        "trainable_parameters": n_train,
         "wall_seconds": round(time.perf_counter() - started, 2),
     }  # fmt: skip
     files.write_json(run_dir / "results.json", results)

@@ -21,6 +21,8 @@ from torchvision.transforms.v2 import functional as TF
 
 from cnn_train.errors import UserError
 
+LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R 601, what PIL's convert("L") uses
+
 
 @dataclass(frozen=True)
 class EvalTransform:
@@ -87,13 +89,20 @@ class Preprocess(nn.Module):
 
     def __init__(self, spec: EvalTransform) -> None:
         super().__init__()
-        self.image_size = spec.image_size
+        self.image_size, self.channels = spec.image_size, spec.channels
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("luma", LUMA.view(1, 3, 1, 1), persistent=False)
 
     def unit(self, x: torch.Tensor, augment: nn.Module | None = None) -> torch.Tensor:
         """The batch as the network sees it, before normalisation: floats in [0, 1] (what samples.png shows)."""
         x = x.float().div_(255)
+        if x.shape[1] != self.channels:  # colour data for a grey model, or grey data for a colour one
+            x = (
+                (x * LUMA.to(x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+                if self.channels == 1
+                else x.expand(-1, 3, -1, -1)
+            )
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True)
         return augment(x) if augment is not None else x
