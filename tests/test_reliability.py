@@ -58,6 +58,7 @@ def start_and_stop(run_dir: Path, sig: signal.Signals) -> subprocess.CompletedPr
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(reference: Path, tmp_path: Path) -> None:
     killed = start_and_stop(tmp_path, signal.SIGKILL)
     assert killed.returncode == -signal.SIGKILL
@@ -71,6 +72,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(reference: Path, tm
     assert ours["test_acc"] == theirs["test_acc"] and ours["best_epoch"] == theirs["best_epoch"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_saves_last_and_says_how_to_resume(
     reference: Path, tmp_path: Path, sig: signal.Signals

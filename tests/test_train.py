@@ -72,12 +72,14 @@ def test_resume_continues_at_next_epoch(lenet_run: Path, tmp_path: Path) -> None
     assert (tmp_path / "best.pt").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list_models())
 def test_every_model_trains_on_fashion_mnist(name: str, fashion_root: Path, tmp_path: Path) -> None:
     results = fit(make_config(f"model={name}", "data=fashion_mnist", *TINY), tmp_path)
     assert 0.0 <= results["test_acc"] <= 1.0 and (tmp_path / "best.pt").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list_models())
 def test_every_model_trains_on_cifar10_files(name: str, cifar_root: Path, tmp_path: Path) -> None:
     results = fit(make_config(f"model={name}", "data=cifar10", f"data.root={cifar_root}", *TINY), tmp_path)
@@ -85,6 +87,7 @@ def test_every_model_trains_on_cifar10_files(name: str, cifar_root: Path, tmp_pa
     assert checkpoint.load(tmp_path / "best.pt")["eval_transform"]["channels"] == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list_models())
 def test_every_model_trains_on_image_folder(name: str, folder_root: Path, tmp_path: Path) -> None:
     cfg = make_config(
