@@ -45,6 +45,15 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+def _checkpoint_arg(cfg: DictConfig) -> Path:
+    """`ckpt=` as given, else the newest best.pt under output_root (and say which)."""
+    if cfg.ckpt:
+        return Path(cfg.ckpt).expanduser()
+    ckpt = newest_checkpoint(cfg.output_root)
+    console.print(f"using the newest checkpoint: {ckpt}", highlight=False)
+    return ckpt
+
+
 def _results_table(results: dict[str, Any], run_dir: Path) -> Table:
     table = Table(title=f"{results['model']} on {results['data']}", show_header=False)
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
@@ -82,9 +91,7 @@ def _predict(cfg: DictConfig) -> None:
     try:
         if OmegaConf.is_missing(cfg, "img"):
             raise UserError("img: give an image file, a folder or a glob, e.g. img=photo.jpg")
-        ckpt = Path(cfg.ckpt).expanduser() if cfg.ckpt else newest_checkpoint(cfg.output_root)
-        if not cfg.ckpt:
-            console.print(f"using the newest checkpoint: {ckpt}", highlight=False)
+        ckpt = _checkpoint_arg(cfg)
         paths = expand_inputs(str(cfg.img))
         rows, failed = predict(ckpt, paths, cfg.topk, pick_device(cfg.device), cfg.batch_size)
         if cfg.output:
@@ -141,9 +148,7 @@ def _eval(cfg: DictConfig) -> None:
     try:
         if cfg.split not in ("test", "val"):
             raise UserError(f"split: {cfg.split!r} is not test or val")
-        ckpt = Path(cfg.ckpt).expanduser() if cfg.ckpt else newest_checkpoint(cfg.output_root)
-        if not cfg.ckpt:
-            console.print(f"using the newest checkpoint: {ckpt}", highlight=False)
+        ckpt = _checkpoint_arg(cfg)
         out_dir = Path(cfg.output_dir) if cfg.output_dir else ckpt.parent / "eval"
         data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else None
         report = evaluate_checkpoint(
