@@ -8,7 +8,6 @@ from typing import Any
 import torch
 
 from cnn_train import checkpoint, files, plots
-from cnn_train.data.datasets import load_dataset
 from cnn_train.data.loaders import Batches
 from cnn_train.data.transforms import Preprocess
 from cnn_train.engine import infer
@@ -47,8 +46,7 @@ def evaluate_checkpoint(
     spec = checkpoint.eval_transform(payload)
     classes: list[str] = payload["classes"]
     cfg = data or payload["config"]["data"]
-    seed = payload["config"].get("trainer", {}).get("seed", 42)
-    dataset = load_dataset(cfg["name"], cfg["root"], cfg["val_split"], seed, cfg.get("channels", 3))
+    dataset = checkpoint.dataset(payload, cfg)
     if len(dataset.classes) != len(classes):
         raise UserError(
             f"data: {cfg['name']} has {len(dataset.classes)} classes, the checkpoint {len(classes)}"

@@ -15,7 +15,6 @@ from typing import Any
 import torch
 
 from cnn_train import checkpoint
-from cnn_train.data.datasets import load_dataset
 from cnn_train.data.loaders import Batches
 from cnn_train.data.transforms import EvalTransform, Preprocess
 from cnn_train.errors import UserError
@@ -30,8 +29,7 @@ def _needs_extra(e: ImportError) -> UserError:
 
 def real_batch(payload: dict[str, Any], n: int = 8) -> torch.Tensor:
     """The first `n` test (else validation) images of the checkpoint's own data, as model input."""
-    cfg = payload["config"]["data"]
-    data = load_dataset(cfg["name"], cfg["root"], cfg["val_split"], 0, cfg.get("channels", 3))
+    data = checkpoint.dataset(payload)
     spec = checkpoint.eval_transform(payload)
     x, _ = next(iter(Batches(data.test or data.val, spec, n, torch.device("cpu"))))
     return Preprocess(spec)(x)

@@ -197,6 +197,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     files.write_json(run_dir / "class_indices.json", {str(i): c for i, c in enumerate(s.data.classes)})
     plot_samples(s, run_dir / "samples.png")
     every = tr.get("checkpoint_every_n_steps") or 0
+    loss = nn.CrossEntropyLoss(label_smoothing=tr.get("label_smoothing", 0.0))
 
     def save_last(epoch_done: int, extra: dict[str, Any]) -> None:
         checkpoint.save(
@@ -213,14 +214,11 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         for epoch in range(start_epoch, tr.max_epochs + 1):
             if partial is not None:  # replay this epoch's shuffle, skip the batches already trained
                 s.shuffle.set_state(partial["shuffle_state"])
+                progress = EpochProgress(**{k: v for k, v in partial.items() if k != "shuffle_state"})
+                partial = None
+            else:
+                progress = EpochProgress(epoch, lr=s.optimizer.param_groups[0]["lr"])
             epoch_start = s.shuffle.get_state()
-            progress = (
-                EpochProgress(**{k: v for k, v in partial.items() if k != "shuffle_state"})
-                if partial
-                else None
-            )
-            progress = progress or EpochProgress(epoch, lr=s.optimizer.param_groups[0]["lr"])
-            partial = None
 
             def after_step(
                 step: int, snapshot: Callable[[], EpochProgress], epoch: int = epoch, epoch_start=epoch_start
@@ -233,7 +231,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
 
             done = train_one_epoch(
                 s.model, s.train_batches.epoch(skip=progress.step), s.preprocess, s.augment, s.optimizer,
-                s.scheduler, loss_fn(cfg), precision, progress, after_step, total_steps=len(s.train_batches),
+                s.scheduler, loss, precision, progress, after_step, total_steps=len(s.train_batches),
             )  # fmt: skip
             train = done.summary()
             val = evaluate(s.model, s.val_batches, s.preprocess, precision, desc="val")
@@ -276,10 +274,6 @@ def plot_samples(s: Session, path: Path, n: int = 32) -> None:
         x, y = next(iter(Batches(first, s.spec, n, s.device)))
         images = s.preprocess.unit(x, s.augment)
     plots.plot_grid(images, [s.data.classes[i] for i in y.tolist()], path)
-
-
-def loss_fn(cfg: DictConfig) -> nn.Module:
-    return nn.CrossEntropyLoss(label_smoothing=cfg.trainer.get("label_smoothing", 0.0))
 
 
 def test_best(
