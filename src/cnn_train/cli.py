@@ -21,10 +21,10 @@ from rich.table import Table
 
 from cnn_train import files, plots
 from cnn_train.data.datasets import describe
-from cnn_train.engine import pick_device
 from cnn_train.errors import UserError
 from cnn_train.evaluation import evaluate_checkpoint
 from cnn_train.export import export
+from cnn_train.hardware import pick_device
 from cnn_train.interrupts import Interrupted
 from cnn_train.models import build_model
 from cnn_train.predict import expand_inputs, newest_checkpoint, predict, write_predictions
@@ -152,7 +152,14 @@ def _eval(cfg: DictConfig) -> None:
         out_dir = Path(cfg.output_dir) if cfg.output_dir else ckpt.parent / "eval"
         data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else None
         report = evaluate_checkpoint(
-            ckpt, out_dir, data, cfg.split, pick_device(cfg.device), cfg.batch_size, cfg.limit_batches
+            ckpt,
+            out_dir,
+            data,
+            cfg.split,
+            pick_device(cfg.device),
+            cfg.batch_size,
+            cfg.limit_batches,
+            tta=bool(cfg.get("tta", False)),
         )
     except UserError as e:
         _fail(str(e))

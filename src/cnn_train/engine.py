@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -19,23 +20,6 @@ from cnn_train.errors import UserError
 
 class NonFiniteLoss(UserError):
     """The loss became NaN or infinite; the run stops before the bad step touches the weights."""
-
-
-def pick_device(name: str) -> torch.device:
-    """`auto` picks CUDA, then Apple's MPS, then the CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("trainer.device: cuda was asked for but no CUDA device is available")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise UserError("trainer.device: mps was asked for but Apple's MPS is not available")
-    if name not in ("cpu", "cuda", "mps"):
-        raise UserError(f"trainer.device: {name!r} is not one of auto, cpu, cuda, mps")
-    return torch.device(name)
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -85,11 +69,14 @@ def train_one_epoch(
     progress: EpochProgress,
     after_step: Callable[[int, Callable[[], EpochProgress]], None] | None = None,
     total_steps: int | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> EpochProgress:
     """Train over `batches`, continuing `progress`; metrics stay on the device until someone reads them.
 
     `after_step(step, snapshot)` runs after every optimizer step; `snapshot()` syncs the running sums
-    (a mid-epoch checkpoint calls it, the plain loop never does).
+    (a mid-epoch checkpoint calls it, the plain loop never does). A non-finite loss stops the run: on the
+    CPU before its step, on an accelerator (where checking each step would stall the queue) at the next
+    snapshot or every 50 steps, naming the first bad step; either way before any checkpoint is written.
     """
     model.train()
     for m in model.modules():  # frozen BatchNorm keeps its running statistics (fine-tuning a backbone)
@@ -105,8 +92,19 @@ def train_one_epoch(
     correct = torch.tensor(progress.correct, device=device, dtype=torch.long)
     seen, step, epoch, lr = progress.seen, progress.step, progress.epoch, progress.lr
     start = time.perf_counter() - progress.seconds
+    eager_check = device.type == "cpu"
+    first_bad = torch.zeros((), device=device, dtype=torch.long)  # 0: every loss so far was finite
+
+    def check_finite() -> None:
+        bad = int(first_bad.item())
+        if bad:
+            raise NonFiniteLoss(
+                f"loss became non-finite at epoch {epoch}, step {bad}; stopped before any checkpoint took those "
+                "weights, best.pt and last.pt keep the last good ones (try a lower optimizer.lr)"
+            )
 
     def snapshot() -> EpochProgress:
+        check_finite()
         elapsed = time.perf_counter() - start
         return EpochProgress(epoch, lr, step, loss_sum.item(), int(correct.item()), seen, elapsed)
 
@@ -120,14 +118,24 @@ def train_one_epoch(
         with autocast(device, precision):
             logits = model(inputs)
             loss = loss_fn(logits.float(), y)
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(
-                f"loss became {loss.item()} at epoch {epoch}, step {step}; stopped before that step, "
-                "best.pt and last.pt keep the last good weights (try a lower optimizer.lr)"
-            )
+        if eager_check:
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(
+                    f"loss became {loss.item()} at epoch {epoch}, step {step}; stopped before that step, "
+                    "best.pt and last.pt keep the last good weights (try a lower optimizer.lr)"
+                )
+        else:
+            first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss.detach()), step, first_bad)
+            if step % 50 == 0:
+                check_finite()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is not None:  # fp16: scale the loss so small gradients survive, skip steps that overflow
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
         scheduler.step()
         loss_sum += loss.detach() * len(y)
         correct += (logits.argmax(1) == y).sum()
@@ -148,14 +156,23 @@ def infer(
     preprocess: Preprocess,
     x: torch.Tensor,
     precision: str = "32",
+    tta: bool = False,
 ) -> torch.Tensor:
     """Logits (fp32) for a uint8 batch, through the eval transform; shared by evaluation and predict.
 
-    `model` is a network, or anything with its call signature and `eval()` (an ONNX export).
+    `model` is a network, or anything with its call signature and `eval()` (an ONNX export). With `tta`
+    the image and its mirror image are both classified and their probabilities averaged (returned as
+    log-probabilities, which softmax and cross-entropy treat as logits).
     """
     model.eval()
+    inputs = preprocess(x)
     with autocast(x.device, precision):
-        return model(preprocess(x)).float()
+        logits = model(inputs).float()
+        if not tta:
+            return logits
+        mirrored = model(inputs.flip(-1)).float()
+    both = torch.stack([logits.log_softmax(1), mirrored.log_softmax(1)])
+    return torch.logsumexp(both, 0) - math.log(2)
 
 
 def evaluate(
@@ -164,14 +181,15 @@ def evaluate(
     preprocess: Preprocess,
     precision: str = "32",
     desc: str = "eval",
+    tta: bool = False,
 ) -> dict[str, float]:
-    """Mean cross-entropy and accuracy over `batches`."""
+    """Mean cross-entropy and accuracy over `batches` (with flip test-time augmentation if `tta`)."""
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     for x, y in _bar(batches, desc):
-        logits = infer(model, preprocess, x, precision)
+        logits = infer(model, preprocess, x, precision, tta)
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)

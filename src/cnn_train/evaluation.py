@@ -38,6 +38,7 @@ def evaluate_checkpoint(
     batch_size: int = 256,
     limit_batches: int | None = None,
     max_shown: int = 32,
+    tta: bool = False,
 ) -> dict[str, Any]:
     """Accuracy, top-5, per-class metrics and the confusion matrix; writes eval.json and two figures."""
     device = device or torch.device("cpu")
@@ -60,7 +61,7 @@ def evaluate_checkpoint(
     top5_hits, seen = 0, 0
     wrong_images, wrong_titles = [], []
     for x, y in Batches(chosen, spec, batch_size, device, limit=limit_batches):
-        logits = infer(model, preprocess, x)
+        logits = infer(model, preprocess, x, tta=tta)
         pred = logits.argmax(1)
         confusion += torch.bincount((y * k + pred).cpu(), minlength=k * k).view(k, k)
         top5_hits += (logits.topk(min(5, k), dim=1).indices == y[:, None]).any(1).sum().item()
@@ -74,7 +75,7 @@ def evaluate_checkpoint(
             )
     out = Path(out_dir)
     report = {
-        "checkpoint": str(ckpt), "data": cfg["name"], "split": split, "images": seen,
+        "checkpoint": str(ckpt), "data": cfg["name"], "split": split, "images": seen, "tta": tta,
         "accuracy": confusion.diag().sum().item() / max(seen, 1), "top5_accuracy": top5_hits / max(seen, 1),
         "per_class": per_class(confusion, classes), "confusion_matrix": confusion.tolist(),
     }  # fmt: skip

@@ -18,10 +18,18 @@ from torch import nn
 
 from cnn_train import checkpoint, files, plots, transfer
 from cnn_train.data.datasets import Dataset, load_dataset
-from cnn_train.data.loaders import Batches
+from cnn_train.data.loaders import Batches, cache_split, should_cache
 from cnn_train.data.transforms import EvalTransform, Preprocess
-from cnn_train.engine import EpochProgress, evaluate, pick_device, train_one_epoch
+from cnn_train.engine import EpochProgress, evaluate, train_one_epoch
 from cnn_train.errors import UserError
+from cnn_train.hardware import (
+    Speed,
+    apply_threads,
+    compile_model,
+    fast_optimizer_kwargs,
+    pick_device,
+    resolve_speed,
+)
 from cnn_train.interrupts import Interrupted, StopRequests
 from cnn_train.models import build_model, min_image_size
 
@@ -45,8 +53,6 @@ def check_config(cfg: DictConfig) -> None:
         value = cfg.trainer.get(key)
         if value is not None and (not isinstance(value, int) or value < 1):
             raise UserError(f"trainer.{key}: {value!r} must be a whole number of batches ≥ 1, or null")
-    if str(cfg.trainer.precision) not in ("32", "bf16", "16-mixed"):
-        raise UserError(f"trainer.precision: {cfg.trainer.precision} is not one of 32, bf16, 16-mixed")
     if cfg.data.name == "image_folder" and not Path(str(cfg.data.root)).expanduser().is_dir():
         raise UserError(
             f"data.root: {cfg.data.root} does not exist (image_folder needs a folder of class folders)"
@@ -76,7 +82,8 @@ class Session:
     data: Dataset
     spec: EvalTransform
     model_spec: dict[str, Any]
-    model: nn.Module
+    model: nn.Module  # the weights that are saved
+    net: nn.Module  # what runs them: the model, or its torch.compile'd forward
     preprocess: Preprocess
     augment: nn.Module
     optimizer: torch.optim.Optimizer
@@ -86,6 +93,8 @@ class Session:
     shuffle: torch.Generator
     device: torch.device
     init: str  # where the starting weights came from
+    speed: Speed
+    scaler: torch.amp.GradScaler | None  # 16-mixed only
 
 
 def _fit_channels(values: tuple[float, ...], channels: int) -> tuple[float, ...]:
@@ -99,6 +108,8 @@ def build(cfg: DictConfig) -> Session:
     """Data, model (with transferred weights and frozen layers), optimizer and schedule, sized from the data."""
     tr, m = cfg.trainer, cfg.model
     device = pick_device(tr.device)
+    speed = resolve_speed(tr, device)
+    apply_threads(speed)
     source = None
     if m.get("pretrained"):
         source = transfer.imagenet_source(m.name)
@@ -126,8 +137,21 @@ def build(cfg: DictConfig) -> Session:
         transfer.load_source(model, source)
     transfer.freeze(model, m.get("finetune", "full"), int(m.get("trainable_layers", 1)))
     model = model.to(device)
+    if speed.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     shuffle = torch.Generator().manual_seed(tr.seed)
     bs, workers = int(cfg.data.batch_size), int(cfg.data.num_workers)
+    cache = cfg.data.get("cache", "auto")
+    for part in ("train", "val", "test"):
+        split = getattr(data, part)
+        if split is not None and should_cache(split, spec, cache):
+            setattr(data, part, cache_split(split, spec, workers, strict))
+            log.info(
+                "data.cache: decoded %d %s images once into memory at %d px",
+                len(getattr(data, part)),
+                part,
+                size,
+            )
     train_batches = Batches(
         data.train, spec, bs, device, shuffle=True, drop_last=True, generator=shuffle, num_workers=workers,
         limit=tr.limit_train_batches, strict=strict,
@@ -135,16 +159,20 @@ def build(cfg: DictConfig) -> Session:
     val_batches = Batches(
         data.val, spec, bs, device, num_workers=workers, limit=tr.limit_val_batches, strict=strict
     )
-    optimizer = instantiate(cfg.optimizer)(params=[p for p in model.parameters() if p.requires_grad])
+    factory = instantiate(cfg.optimizer)
+    fast = fast_optimizer_kwargs(factory, device, dict(cfg.optimizer))
+    optimizer = factory(params=[p for p in model.parameters() if p.requires_grad], **fast)
     steps = len(train_batches)
     scheduler = instantiate(cfg.scheduler)(
         optimizer, total_steps=tr.max_epochs * steps, steps_per_epoch=steps
     )
     augment = instantiate(cfg.augmentation)
-    preprocess = Preprocess(spec).to(device)
+    preprocess = Preprocess(spec, speed.channels_last).to(device)
+    scaler = torch.amp.GradScaler(device.type) if speed.precision == "16-mixed" else None
     return Session(
-        data, spec, model_spec, model, preprocess, augment, optimizer, scheduler, train_batches, val_batches,
-        shuffle, device, source.origin if source is not None else "scratch",
+        data, spec, model_spec, model, compile_model(model, speed), preprocess, augment, optimizer, scheduler,
+        train_batches, val_batches, shuffle, device, source.origin if source is not None else "scratch", speed,
+        scaler,
     )  # fmt: skip
 
 
@@ -159,9 +187,9 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     check_config(cfg)
     tr = cfg.trainer
-    precision = str(tr.precision)  # the command line turns 32 into an int
     seed_everything(tr.seed, tr.get("deterministic", False))
     s = build(cfg)
+    precision, tta = s.speed.precision, bool(tr.get("tta", False))
     n_params = sum(p.numel() for p in s.model.parameters())
     n_train = sum(p.numel() for p in s.model.parameters() if p.requires_grad)
     log.info(
@@ -169,6 +197,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         cfg.model.name, s.data.name, len(s.data.classes), s.spec.channels, s.spec.image_size, s.spec.image_size,
         f"{n_train:,}", f"{n_params:,}", len(s.data.train), len(s.data.val), s.device,
     )  # fmt: skip
+    log.info("speed: %s", s.speed.describe())
     common = {
         "model": s.model_spec, "classes": s.data.classes, "eval_transform": s.spec.to_dict(),
         "config": OmegaConf.to_container(cfg, resolve=True), "init": s.init,
@@ -186,6 +215,8 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         s.model.load_state_dict(last["state_dict"])
         s.optimizer.load_state_dict(last["optimizer"])
         s.scheduler.load_state_dict(last["scheduler"])
+        if s.scaler is not None and last.get("scaler"):
+            s.scaler.load_state_dict(last["scaler"])
         checkpoint.set_rng_state(last["rng"], s.shuffle)
         history, best_acc, best_epoch = last["history"], last["best_val_acc"], last["best_epoch"]
         start_epoch, partial = last["epoch"] + 1, last.get("partial")
@@ -206,7 +237,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                 **common, "state_dict": s.model.state_dict(), "epoch": epoch_done,
                 "optimizer": s.optimizer.state_dict(), "scheduler": s.scheduler.state_dict(),
                 "rng": checkpoint.rng_state(s.shuffle), "history": history, "best_val_acc": best_acc,
-                "best_epoch": best_epoch, **extra,
+                "best_epoch": best_epoch, "scaler": s.scaler.state_dict() if s.scaler else None, **extra,
             },
         )  # fmt: skip
 
@@ -230,11 +261,12 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                     raise Interrupted(stop.signum, epoch, step, run_dir / "last.pt")
 
             done = train_one_epoch(
-                s.model, s.train_batches.epoch(skip=progress.step), s.preprocess, s.augment, s.optimizer,
+                s.net, s.train_batches.epoch(skip=progress.step), s.preprocess, s.augment, s.optimizer,
                 s.scheduler, loss, precision, progress, after_step, total_steps=len(s.train_batches),
+                scaler=s.scaler,
             )  # fmt: skip
             train = done.summary()
-            val = evaluate(s.model, s.val_batches, s.preprocess, precision, desc="val")
+            val = evaluate(s.net, s.val_batches, s.preprocess, precision, desc="val", tta=tta)
             row = {
                 "epoch": epoch, "train_loss": round(train["loss"], 5), "train_acc": round(train["acc"], 5),
                 "val_loss": round(val["loss"], 5), "val_acc": round(val["acc"], 5), "lr": done.lr,
@@ -256,11 +288,12 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             )  # fmt: skip
             if stop.signum is not None:
                 raise Interrupted(stop.signum, epoch, done.step, run_dir / "last.pt")
-        test_acc, test_loss = test_best(cfg, s, run_dir, precision)
+        test_acc, test_loss = test_best(cfg, s, run_dir, precision, tta)
     results = {
         "model": cfg.model.name, "data": s.data.name, "test_acc": test_acc, "test_loss": test_loss,
         "best_val_acc": best_acc, "best_epoch": best_epoch, "epochs": tr.max_epochs, "parameters": n_params,
-        "trainable_parameters": n_train,
+        "trainable_parameters": n_train, "precision": precision, "channels_last": s.speed.channels_last,
+        "compile": s.speed.compile, "threads": s.speed.threads, "tta": tta,
         "wall_seconds": round(time.perf_counter() - started, 2),
     }  # fmt: skip
     files.write_json(run_dir / "results.json", results)
@@ -277,7 +310,7 @@ def plot_samples(s: Session, path: Path, n: int = 32) -> None:
 
 
 def test_best(
-    cfg: DictConfig, s: Session, run_dir: Path, precision: str
+    cfg: DictConfig, s: Session, run_dir: Path, precision: str, tta: bool = False
 ) -> tuple[float | None, float | None]:
     """Accuracy and loss of best.pt on the test split, if the data has one."""
     if s.data.test is None:
@@ -287,5 +320,5 @@ def test_best(
         s.data.test, s.spec, int(cfg.data.batch_size), s.device, num_workers=int(cfg.data.num_workers),
         limit=cfg.trainer.limit_test_batches,
     )  # fmt: skip
-    test = evaluate(s.model, batches, s.preprocess, precision, desc="test")
+    test = evaluate(s.net, batches, s.preprocess, precision, desc="test", tta=tta)
     return test["acc"], test["loss"]

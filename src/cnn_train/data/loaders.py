@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
@@ -44,6 +45,47 @@ def _collate(items: list[tuple[torch.Tensor | None, int, str]]) -> Batch:
     if not good:
         return torch.empty(0), torch.empty(0, dtype=torch.long)
     return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good])
+
+
+def available_memory() -> int:
+    """Bytes of memory the system can still give (MemAvailable), or 0 where that cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def should_cache(split: Split, spec: EvalTransform, setting: object) -> bool:
+    """data.cache: true, false, or auto (the decoded uint8 split takes under a quarter of free memory)."""
+    if not isinstance(split, FileSplit):
+        return False
+    if setting in ("auto", None):
+        need = len(split) * spec.channels * spec.image_size**2
+        return need < available_memory() // 4
+    if isinstance(setting, bool):
+        return setting
+    raise UserError(f"data.cache: {setting!r} must be auto, true or false")
+
+
+def cache_split(split: FileSplit, spec: EvalTransform, num_workers: int, strict: bool) -> TensorSplit:
+    """Decode every file once, at the training side, into one uint8 tensor; unreadable files are skipped.
+
+    Each later epoch is then a tensor gather, like the built-in datasets, instead of a JPEG decode per image.
+    """
+    loader = DataLoader(
+        _Files(split, spec, strict), batch_size=256, num_workers=num_workers, collate_fn=_collate
+    )
+    images, labels = [], []
+    for x, y in loader:
+        if len(y):
+            images.append(x)
+            labels.append(y)
+    if not images:
+        raise UserError("data.root: none of the images could be read")
+    return TensorSplit(torch.cat(images), torch.cat(labels))
 
 
 class _Order:
@@ -89,6 +131,10 @@ class Batches:
         self.num_batches = min(n, limit) if limit else n
         self._order = _Order()
         self._loader: DataLoader | None = None
+        self._resident: TensorSplit | None = None
+        if isinstance(split, TensorSplit) and device.type == "cuda":
+            # The built-in datasets are a few hundred MB at most: kept on the GPU, a batch is one gather.
+            self._resident = TensorSplit(split.images.to(device), split.labels.to(device))
 
     def __len__(self) -> int:
         return self.num_batches
@@ -114,6 +160,10 @@ class Batches:
     def epoch(self, skip: int = 0) -> Iterator[Batch]:
         """This epoch's batches from batch `skip` on (the shuffle is drawn here)."""
         chunks = self._chunks(skip)
+        if self._resident is not None:
+            data = self._resident
+            yield from ((data.images[i], data.labels[i]) for i in (c.to(self.device) for c in chunks))
+            return
         if isinstance(self.split, TensorSplit):
             batches: Iterator[Batch] = ((self.split.images[i], self.split.labels[i]) for i in chunks)
         else:

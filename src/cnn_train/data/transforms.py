@@ -85,11 +85,15 @@ def read_image_tensor(path: str | Path, spec: EvalTransform) -> torch.Tensor:
 
 
 class Preprocess(nn.Module):
-    """uint8 batch → float, resized to the training side, augmented (train only), normalised."""
+    """uint8 batch → float, resized to the training side, augmented (train only), normalised.
 
-    def __init__(self, spec: EvalTransform) -> None:
+    With `channels_last` the batch comes out NHWC in memory, the layout the model was converted to.
+    """
+
+    def __init__(self, spec: EvalTransform, channels_last: bool = False) -> None:
         super().__init__()
         self.image_size, self.channels = spec.image_size, spec.channels
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("luma", LUMA.view(1, 3, 1, 1), persistent=False)
@@ -108,7 +112,8 @@ class Preprocess(nn.Module):
         return augment(x) if augment is not None else x
 
     def forward(self, x: torch.Tensor, augment: nn.Module | None = None) -> torch.Tensor:
-        return (self.unit(x, augment) - self.mean) / self.std
+        x = (self.unit(x, augment) - self.mean) / self.std
+        return x.contiguous(memory_format=self.memory_format)
 
 
 def _flip(x: torch.Tensor) -> torch.Tensor:

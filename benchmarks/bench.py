@@ -1,0 +1,202 @@
+"""cnn-train's benchmark: throughput against a tutorial-style loop, time-to-accuracy, achieved GFLOP/s.
+
+    python benchmarks/bench.py                # full run (CPU: about 25 minutes), writes benchmarks/results-<device>.md
+    python benchmarks/bench.py --quick        # a minute: tiny runs of every part (the slow test runs this)
+
+Everything is measured in this one process on this machine, so the ratios compare like with like:
+1. training throughput (images/s, data included) of lenet, alexnet and resnet18 through cnn-train's own `fit`
+   against a seed-style loop of the same model, batch and input size: torchvision's FashionMNIST dataset,
+   PIL -> ToTensor -> Normalize per image, a DataLoader, fp32, NCHW, `.item()` for the metrics every step;
+2. time-to-accuracy: wall seconds from starting `cnn-train` to its final line, with the test accuracy it
+   reached, for the speedrun recipe and for the main job (`cnn-train model=alexnet data=fashion_mnist`);
+3. achieved GFLOP/s of the training step (FLOPs of forward + backward from torch.utils.flop_counter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from torch import nn
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision import datasets, transforms
+
+from cnn_train.data.datasets import DEBIAN_FASHION_MNIST, MNIST_FILES
+from cnn_train.hardware import physical_cores, pick_device
+from cnn_train.models import build_model
+from cnn_train.train import fit
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = {  # model: (batch size, input side, batches timed on a CPU, on a GPU)
+    "lenet": (128, 28, 300, 300),
+    "alexnet": (128, 28, 40, 200),
+    "resnet18": (128, 28, 8, 200),
+}
+MEAN, STD = 0.2860, 0.3530
+
+
+def cnn_train_cfg(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def ours(model: str, bs: int, side: int, steps: int, device: str, out: Path) -> float:
+    """Images/s of epoch 2 of a real `fit` run (epoch 1 warms up: allocator, oneDNN plans, compile)."""
+    cfg = cnn_train_cfg([
+        f"model={model}", "data=fashion_mnist", f"data.batch_size={bs}", f"data.image_size={side}",
+        "trainer.max_epochs=2", f"trainer.limit_train_batches={steps}", "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1", f"trainer.device={device}", "optimizer=sgd",
+    ])  # fmt: skip
+    run_dir = out / f"fit-{model}"
+    fit(cfg, run_dir)
+    rows = (run_dir / "metrics.csv").read_text().splitlines()
+    header, last = rows[0].split(","), rows[-1].split(",")
+    return float(last[header.index("images_per_s")])
+
+
+def torchvision_root(tmp: Path) -> Path:
+    """Debian's gzipped IDX files, unpacked where torchvision's FashionMNIST(download=False) looks."""
+    raw = tmp / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for names in MNIST_FILES.values():
+        for name in names:
+            with gzip.open(DEBIAN_FASHION_MNIST / f"{name}.gz") as src, open(raw / name, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    return tmp
+
+
+def seed_loop(model: str, bs: int, side: int, steps: int, device: torch.device, root: Path) -> float:
+    """Images/s of the loop the tutorials teach, on the same network, batch and input size."""
+    tf = [transforms.Resize(side)] if side != 28 else []
+    tf += [transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))]
+    train = datasets.FashionMNIST(str(root), train=True, download=False, transform=transforms.Compose(tf))
+    workers = 4 if device.type == "cuda" else 0  # on 2 CPU cores, workers would take the model's cores
+    loader = DataLoader(train, batch_size=bs, shuffle=True, num_workers=workers, drop_last=True)
+    torch.manual_seed(0)
+    net = build_model(model, num_classes=10, in_channels=1, image_size=side).to(device)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+    warmup, seen, total, correct = 3, 0, 0.0, 0
+    net.train()
+    start = 0.0
+    for i, (x, y) in enumerate(loader):
+        if i == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start, seen = time.perf_counter(), 0
+        if i == warmup + steps:
+            break
+        x, y = x.to(device), y.to(device)
+        out = net(x)
+        loss = loss_fn(out, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        total += loss.item()
+        correct += (out.argmax(1) == y).sum().item()
+        seen += len(y)
+    return seen / (time.perf_counter() - start)
+
+
+def train_step_flops(model: str, bs: int, side: int) -> int:
+    """FLOPs of one training step (forward + backward) at this batch and input size."""
+    net = build_model(model, num_classes=10, in_channels=1, image_size=side)
+    x, y = torch.randn(bs, 1, side, side), torch.randint(0, 10, (bs,))
+    with FlopCounterMode(display=False) as counter:
+        nn.functional.cross_entropy(net(x), y).backward()
+    return counter.get_total_flops()
+
+
+def time_to_accuracy(args: list[str], out: Path) -> tuple[float, float]:
+    """Wall seconds from starting cnn-train to its exit, and the test accuracy it reports."""
+    run_dir = out / ("tta-" + "-".join(a.replace("/", "_") for a in args)[:60])
+    cmd = [sys.executable, "-m", "cnn_train.cli", *args, f"hydra.run.dir={run_dir}"]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=out, stdout=subprocess.DEVNULL)
+    seconds = time.perf_counter() - start
+    return seconds, json.loads((run_dir / "results.json").read_text())["test_acc"]
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name()}, {physical_cores()} CPU cores"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    isa = torch.backends.cpu.get_cpu_capability()
+    return f"{cpu}, {physical_cores()} cores ({isa}), no GPU"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few batches of each part, to check it runs")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="markdown file (default benchmarks/results-<device>.md)"
+    )
+    parser.add_argument(
+        "--skip-main-job", action="store_true", help="leave out the main job's time-to-accuracy"
+    )
+    args = parser.parse_args()
+    began = time.perf_counter()
+    device = pick_device(args.device)
+    gpu = device.type == "cuda"
+    out_md = args.out or ROOT / "benchmarks" / f"results-{'cuda' if gpu else 'cpu'}.md"
+    lines = [
+        f"Machine: {machine(device)}; torch {torch.__version__}. Command: `python benchmarks/bench.py"
+        f"{' --quick' if args.quick else ''}{' --device ' + args.device if args.device != 'auto' else ''}`",
+        "",
+        "| model | batch | input | seed-style loop img/s | cnn-train img/s | ratio | GFLOP/step "
+        "| GFLOP/s (cnn-train) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        root = torchvision_root(tmp / "tv")
+        for model, (bs, side, cpu_steps, gpu_steps) in MODELS.items():
+            steps = 3 if args.quick else (gpu_steps if gpu else cpu_steps)
+            base = seed_loop(model, bs, side, steps, device, root)
+            mine = ours(model, bs, side, steps, args.device, tmp)
+            flops = train_step_flops(model, bs, side)
+            gflops = flops / 1e9 * mine / bs
+            row = (
+                f"| {model} | {bs} | {side} | {base:.0f} | {mine:.0f} | {mine / base:.2f}× "
+                f"| {flops / 1e9:.2f} | {gflops:.1f} |"
+            )
+            lines.append(row)
+            print(row, flush=True)
+        lines += ["", "| command | test accuracy | wall seconds (process start to exit) |", "|---|---|---|"]
+        jobs = [["experiment=fashion_mnist_speedrun"]]
+        if not args.skip_main_job:
+            jobs.append(["model=alexnet", "data=fashion_mnist"])
+        for job in jobs:
+            extra = ["trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=1"]
+            full = job + ([f"trainer.device={args.device}"] if args.device != "auto" else [])
+            seconds, acc = time_to_accuracy(full + (extra if args.quick else []), tmp)
+            row = f"| `cnn-train {' '.join(job)}` | {acc:.4f} | {seconds:.0f} |"
+            lines.append(row)
+            print(row, flush=True)
+    lines += ["", f"Benchmark wall time: {time.perf_counter() - began:.0f} s."]
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    out_md.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out_md}")
+
+
+if __name__ == "__main__":
+    main()

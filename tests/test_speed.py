@@ -1,0 +1,161 @@
+"""Speed options: precision, memory format, compile, threads, fused optimizers, data cache, flip TTA."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from cnn_train.data.datasets import load_dataset
+from cnn_train.data.loaders import Batches
+from cnn_train.data.transforms import EvalTransform, Preprocess
+from cnn_train.engine import infer
+from cnn_train.errors import UserError
+from cnn_train.hardware import cpu_has_fast_bf16, physical_cores, resolve_speed
+from cnn_train.models import build_model
+from cnn_train.train import build, fit
+from tests.conftest import make_config
+from tests.test_train import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+SHORT = ["trainer.max_epochs=1", "trainer.limit_val_batches=4", "trainer.limit_test_batches=4"]
+
+
+def short_run(tmp_path: Path, *overrides: str, batches: int = 30) -> dict:
+    cfg = make_config("model=lenet", *SHORT, f"trainer.limit_train_batches={batches}", *overrides)
+    return fit(cfg, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "precision,channels_last", [("32", False), ("32", True), ("bf16", False), ("bf16", True)]
+)
+def test_precision_and_memory_format_train_and_stay_finite(
+    fashion_root: Path, tmp_path: Path, precision: str, channels_last: bool
+) -> None:
+    results = short_run(
+        tmp_path, f"trainer.precision={precision}", f"trainer.channels_last={channels_last}", batches=8
+    )
+    assert results["precision"] == precision and results["channels_last"] is channels_last
+    rows = read_metrics(tmp_path)
+    assert math.isfinite(float(rows[0]["train_loss"])) and math.isfinite(results["test_loss"])
+    assert float(rows[0]["train_loss"]) < math.log(10) + 0.5  # it trained, not diverged
+
+
+def test_bf16_reaches_the_accuracy_of_fp32(fashion_root: Path, tmp_path: Path) -> None:
+    over = ["data.batch_size=64", "optimizer.lr=0.003", "trainer.limit_test_batches=16"]
+    fp32 = short_run(tmp_path / "fp32", "trainer.precision=32", *over, batches=60)
+    bf16 = short_run(tmp_path / "bf16", "trainer.precision=bf16", *over, batches=60)
+    assert fp32["test_acc"] > 0.6
+    assert abs(fp32["test_acc"] - bf16["test_acc"]) < 0.05
+
+
+def test_auto_picks_fp32_on_a_cpu_without_native_bf16_and_physical_cores() -> None:
+    tr = OmegaConf.create(
+        {"precision": "auto", "channels_last": "auto", "compile": "auto", "threads": "auto"}
+    )
+    speed = resolve_speed(tr, torch.device("cpu"))
+    assert speed.precision == ("bf16" if cpu_has_fast_bf16() else "32")
+    assert speed.channels_last is True and speed.compile is False
+    assert speed.threads == physical_cores() >= 1
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("precision", "16-mixed", "trainer.precision: 16-mixed needs CUDA"),
+        ("precision", "fp8", "trainer.precision: fp8 is not one of"),
+        ("channels_last", "maybe", "trainer.channels_last: 'maybe' must be auto, true or false"),
+        ("threads", 0, "trainer.threads: 0 must be auto or a whole number"),
+    ],
+)
+def test_bad_speed_settings_name_the_key(key: str, value: object, message: str) -> None:
+    tr = OmegaConf.create({key: value})
+    with pytest.raises(UserError, match=message):
+        resolve_speed(tr, torch.device("cpu"))
+
+
+def test_optimizer_is_fused_and_model_is_channels_last(fashion_root: Path) -> None:
+    s = build(make_config("model=lenet", "optimizer=sgd", "trainer.channels_last=true"))
+    assert s.optimizer.param_groups[0]["fused"] is True
+    conv = s.model[3].weight  # 6 → 16 channels (with one input channel both layouts coincide)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    x, _ = next(iter(s.train_batches))
+    assert s.preprocess(x).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_flip_tta_is_mirror_invariant_and_a_distribution(fashion_root: Path) -> None:
+    torch.manual_seed(0)
+    spec = EvalTransform(28, 1, (0.286,), (0.353,))
+    model = build_model("lenet", num_classes=10, in_channels=1, image_size=28)
+    data = load_dataset("fashion_mnist", "data", 0.1, 0, 1, False)
+    x, _ = next(iter(Batches(data.test, spec, 16, torch.device("cpu"))))
+    pre = Preprocess(spec)
+    plain, tta = infer(model, pre, x), infer(model, pre, x, tta=True)
+    mirrored_tta = infer(model, pre, x.flip(-1), tta=True)
+    torch.testing.assert_close(tta, mirrored_tta, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(tta.exp().sum(1), torch.ones(16))
+    assert not torch.allclose(plain.log_softmax(1), tta, atol=1e-3)
+
+
+def test_tta_runs_in_fit_and_is_recorded(fashion_root: Path, tmp_path: Path) -> None:
+    results = short_run(tmp_path, "trainer.tta=true", batches=10)
+    assert results["tta"] is True and 0.0 < results["test_acc"] <= 1.0
+
+
+def test_image_folder_cache_trains_exactly_like_the_files(folder_root: Path, tmp_path: Path) -> None:
+    common = [
+        "model=lenet", "data=image_folder", f"data.root={folder_root}", "data.image_size=32",
+        "data.batch_size=4", "data.num_workers=0", "trainer.max_epochs=2", "trainer.deterministic=true",
+        "trainer.channels_last=false",
+    ]  # fmt: skip
+    s = build(make_config(*common, "data.cache=true"))
+    assert type(s.data.train).__name__ == "TensorSplit" and len(s.data.train) == 36
+    fit(make_config(*common, "data.cache=true"), tmp_path / "cached")
+    fit(make_config(*common, "data.cache=false"), tmp_path / "files")
+    cached, files = read_metrics(tmp_path / "cached"), read_metrics(tmp_path / "files")
+    for a, b in zip(cached, files, strict=True):
+        assert a["train_loss"] == b["train_loss"] and a["val_acc"] == b["val_acc"]
+
+
+@pytest.mark.slow
+def test_compile_trains_on_cpu(fashion_root: Path, tmp_path: Path) -> None:
+    results = short_run(tmp_path, "trainer.compile=true", batches=5)
+    assert results["compile"] is True and math.isfinite(results["test_loss"])
+    assert (tmp_path / "best.pt").is_file()
+
+
+@cuda
+def test_cuda_16_mixed_with_resident_data_compile_and_scaler(fashion_root: Path, tmp_path: Path) -> None:
+    s = build(make_config("model=lenet", "trainer.device=cuda", "trainer.precision=16-mixed"))
+    x, y = next(iter(s.train_batches))
+    assert x.is_cuda and y.is_cuda and s.train_batches._resident is not None and s.scaler is not None
+    results = short_run(tmp_path, "trainer.device=cuda", "trainer.precision=16-mixed", "trainer.compile=true")
+    assert results["precision"] == "16-mixed" and math.isfinite(results["test_loss"])
+
+
+@cuda
+def test_cuda_auto_is_bf16_and_compiled(fashion_root: Path, tmp_path: Path) -> None:
+    results = short_run(tmp_path, "trainer.device=cuda", "model=resnet18", batches=20)
+    assert results["precision"] in ("bf16", "16-mixed") and results["compile"] is True
+    assert math.isfinite(results["test_loss"])
+
+
+@pytest.mark.slow
+def test_benchmark_quick_mode_writes_its_table(fashion_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench.md"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--quick", "--device", "cpu", "--out", str(out)],
+        check=True, cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    text = out.read_text()
+    for model in ("lenet", "alexnet", "resnet18"):
+        row = next(line for line in text.splitlines() if line.startswith(f"| {model} |"))
+        ratio = float(row.split("|")[6].strip().rstrip("×"))
+        assert ratio > 0
+    assert "fashion_mnist_speedrun" in text and "model=alexnet data=fashion_mnist" in text
