@@ -120,7 +120,8 @@ def train_step_flops(model: str, bs: int, side: int) -> int:
 
 def time_to_accuracy(args: list[str], out: Path) -> tuple[float, float]:
     """Wall seconds from starting cnn-train to its exit, and the test accuracy it reports."""
-    run_dir = out / ("tta-" + "-".join(a.replace("/", "_") for a in args)[:60])
+    name = "-".join(args).translate(str.maketrans("=/.", "___"))[:60]
+    run_dir = out / f"job-{name}"  # no '=' in it: the path goes back through Hydra's override parser
     cmd = [sys.executable, "-m", "cnn_train.cli", *args, f"hydra.run.dir={run_dir}"]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=out, stdout=subprocess.DEVNULL)

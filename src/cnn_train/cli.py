@@ -21,6 +21,7 @@ from rich.table import Table
 
 from cnn_train import files, plots
 from cnn_train.data.datasets import describe
+from cnn_train.distributed import world_from_env
 from cnn_train.errors import UserError
 from cnn_train.evaluation import evaluate_checkpoint
 from cnn_train.export import export
@@ -63,27 +64,39 @@ def _results_table(results: dict[str, Any], run_dir: Path) -> Table:
     return table
 
 
-@hydra.main(version_base="1.3", config_path=_config_dir(), config_name="train")
-def _train(cfg: DictConfig) -> float | None:
+def train_task(cfg: DictConfig) -> float | None:
+    """One training job: what Hydra's launchers run (and pickle by name, for submitit) for every job."""
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
+    main = world_from_env().is_main
+    if not main:  # under torchrun rank 0 speaks for the run
+        log.setLevel(logging.WARNING)
     log.debug("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
     try:
         results = fit(cfg, run_dir)
     except Interrupted as e:
         keep = [o for o in hc.overrides.task if not o.startswith(("trainer.resume=", "hydra.run.dir="))]
-        again = " ".join(["cnn-train", *keep, f"hydra.run.dir={run_dir}", "trainer.resume=auto"])
-        console.print(f"stopped by {e}\nresume with: {again}", highlight=False)
+        again = " ".join(["cnn-train", *keep, f"hydra.run.dir={e.last.parent}", "trainer.resume=auto"])
+        if main:
+            console.print(f"stopped by {e}\nresume with: {again}", highlight=False)
         sys.exit(128 + e.signum)
     except UserError as e:
-        if hc.mode == RunMode.MULTIRUN:  # one bad job must not end the sweep
+        if hc.mode == RunMode.MULTIRUN:  # one bad job must not end the sweep: it is recorded as failed
             log.error("job failed: %s", e)
             files.write_text(run_dir / "error.txt", f"{e}\n")
-            return None
+            return None  # not a number: an Optuna sweeper records the trial as failed and goes on
         _fail(str(e))
         return None
-    console.print(_results_table(results, run_dir))
-    return results["best_val_acc"]
+    if main:
+        console.print(_results_table(results, run_dir))
+    metric = str(cfg.get("optimized_metric", "best_val_acc"))
+    if metric not in results:
+        _fail(f"optimized_metric: {metric!r} is not a result; choose one of {', '.join(sorted(results))}")
+        return None
+    return results[metric]
+
+
+_train = hydra.main(version_base="1.3", config_path=_config_dir(), config_name="train")(train_task)
 
 
 @hydra.main(version_base="1.3", config_path=_config_dir(), config_name="predict")
@@ -258,4 +271,8 @@ def predict_main() -> None:
 
 
 if __name__ == "__main__":
-    train_main()
+    # `python -m cnn_train.cli` (what torchrun runs): use the importable module's functions, so that a
+    # launcher pickling the task (submitit) refers to cnn_train.cli._train instead of copying __main__.
+    from cnn_train import cli
+
+    cli.train_main()

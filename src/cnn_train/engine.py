@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from cnn_train import distributed
 from cnn_train.data.transforms import Preprocess
 from cnn_train.errors import UserError
 
@@ -30,9 +31,13 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device.type, dtype=dtype)
 
 
+def _quiet() -> bool:
+    # Live bars only on a terminal, and only from rank 0; logs and CI get the one line per epoch fit() prints.
+    return not sys.stderr.isatty() or not distributed.is_main_process()
+
+
 def _bar(batches: Iterable, desc: str) -> Any:
-    # Live bars only on a terminal; logs and CI get the one line per epoch that fit() prints.
-    return tqdm(batches, desc=desc, leave=False, dynamic_ncols=True, disable=not sys.stderr.isatty())
+    return tqdm(batches, desc=desc, leave=False, dynamic_ncols=True, disable=_quiet())
 
 
 @dataclass
@@ -110,7 +115,7 @@ def train_one_epoch(
 
     bar = tqdm(
         batches, desc=f"epoch {epoch}", total=total_steps, initial=step, leave=False, dynamic_ncols=True,
-        disable=not sys.stderr.isatty(),
+        disable=_quiet(),
     )  # fmt: skip
     for x, y in bar:
         step += 1
@@ -193,5 +198,9 @@ def evaluate(
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
-    seen = max(seen, 1)
-    return {"loss": loss_sum.item() / seen, "acc": correct.item() / seen}
+    sums = distributed.all_sum(
+        torch.stack([loss_sum.double(), correct.double(), torch.tensor(seen, device=device).double()])
+    )
+    total_loss, total_correct, total_seen = sums.tolist()
+    total_seen = max(total_seen, 1)
+    return {"loss": total_loss / total_seen, "acc": total_correct / total_seen}

@@ -121,9 +121,13 @@ def resolve_speed(trainer: Any, device: torch.device) -> Speed:
     return Speed(precision, channels_last, compile_, threads)
 
 
-def apply_threads(speed: Speed) -> None:
+def apply_speed(speed: Speed, device: torch.device, deterministic: bool) -> None:
+    """Process-wide settings: CPU threads; on CUDA, cuDNN's autotuner and TF32 for fp32 matrix products."""
     if torch.get_num_threads() != speed.threads:
         torch.set_num_threads(speed.threads)
+    if device.type == "cuda" and not deterministic:
+        torch.backends.cudnn.benchmark = True  # batch shapes repeat, so the per-shape search pays off
+        torch.set_float32_matmul_precision("high")
 
 
 def fast_optimizer_kwargs(

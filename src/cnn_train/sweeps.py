@@ -13,8 +13,9 @@ from omegaconf import DictConfig
 from cnn_train import files
 
 
-def collect(sweep_dir: Path) -> list[dict[str, Any]]:
-    """One row per job folder (those holding .hydra/overrides.yaml), in job order."""
+def collect(sweep_dir: Path, metric: str = "best_val_acc") -> list[dict[str, Any]]:
+    """One row per job folder (those holding .hydra/overrides.yaml), in job order; `best` marks the job with
+    the highest `metric` (the value a sweeper such as Optuna maximizes)."""
     rows = []
     jobs = [p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")]
     for job in sorted(jobs, key=lambda p: (len(p.name), p.name)):
@@ -24,16 +25,20 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
         if results_file.is_file():
             results = json.loads(results_file.read_text())
             row.update(status="ok", best_val_acc=results["best_val_acc"], test_acc=results["test_acc"])
-            row["wall_seconds"] = results["wall_seconds"]
+            row.update(wall_seconds=results["wall_seconds"], metric=results.get(metric))
         else:
             error = job / "error.txt"
-            row.update(status="failed", best_val_acc=None, test_acc=None, wall_seconds=None)
+            row.update(status="failed", best_val_acc=None, test_acc=None, wall_seconds=None, metric=None)
             row["error"] = error.read_text().strip() if error.is_file() else "no results.json"
         rows.append(row)
     # The overrides every job shares say nothing about the jobs: `swept` keeps the ones that differ.
     common = set.intersection(*(set(r["overrides"].split()) for r in rows)) if rows else set()
     for r in rows:
         r["swept"] = " ".join(o for o in r["overrides"].split() if o not in common)
+    scored = [r for r in rows if isinstance(r.get("metric"), (int, float))]
+    best = max(scored, key=lambda r: r["metric"], default=None)
+    for r in rows:
+        r["best"] = "*" if r is best else ""
     return rows
 
 
@@ -45,10 +50,20 @@ class SweepSummary(Callback):
         from rich.table import Table
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        rows = collect(sweep_dir)
+        rows = collect(sweep_dir, str(config.get("optimized_metric", "best_val_acc")))
         if not rows:
             return
-        fields = ["job", "swept", "status", "best_val_acc", "test_acc", "wall_seconds", "overrides", "error"]
+        fields = [
+            "job",
+            "swept",
+            "status",
+            "best",
+            "best_val_acc",
+            "test_acc",
+            "wall_seconds",
+            "overrides",
+            "error",
+        ]
         files.write_csv(sweep_dir / "summary.csv", [{k: r.get(k) for k in fields} for r in rows], fields)
         table = Table(title=f"sweep summary ({sweep_dir / 'summary.csv'})")
         shown = fields[:-2]

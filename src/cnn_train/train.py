@@ -7,7 +7,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,22 +15,25 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from cnn_train import checkpoint, files, plots, transfer
+from cnn_train import checkpoint, distributed, files, plots, transfer
 from cnn_train.data.datasets import Dataset, load_dataset
 from cnn_train.data.loaders import Batches, cache_split, should_cache
 from cnn_train.data.transforms import EvalTransform, Preprocess
+from cnn_train.distributed import World, world_from_env
 from cnn_train.engine import EpochProgress, evaluate, train_one_epoch
 from cnn_train.errors import UserError
 from cnn_train.hardware import (
     Speed,
-    apply_threads,
+    apply_speed,
     compile_model,
     fast_optimizer_kwargs,
     pick_device,
     resolve_speed,
 )
 from cnn_train.interrupts import Interrupted, StopRequests
+from cnn_train.loggers import CsvLogger
 from cnn_train.models import build_model, min_image_size
 
 log = logging.getLogger(__name__)
@@ -95,6 +98,7 @@ class Session:
     init: str  # where the starting weights came from
     speed: Speed
     scaler: torch.amp.GradScaler | None  # 16-mixed only
+    world: World = field(default_factory=World)
 
 
 def _fit_channels(values: tuple[float, ...], channels: int) -> tuple[float, ...]:
@@ -104,12 +108,21 @@ def _fit_channels(values: tuple[float, ...], channels: int) -> tuple[float, ...]
     return (sum(values) / len(values),) if channels == 1 else values[:1] * channels
 
 
-def build(cfg: DictConfig) -> Session:
-    """Data, model (with transferred weights and frozen layers), optimizer and schedule, sized from the data."""
+def build(cfg: DictConfig, world: World | None = None, device: torch.device | None = None) -> Session:
+    """Data, model (with transferred weights and frozen layers), optimizer and schedule, sized from the data.
+
+    Under torchrun (`world.active`) the batches are this rank's shard of each global batch of
+    `data.batch_size`, and the network runs inside DistributedDataParallel.
+    """
     tr, m = cfg.trainer, cfg.model
-    device = pick_device(tr.device)
+    world = world or World()
+    device = device or pick_device(tr.device)
+    if world.active and int(cfg.data.batch_size) % world.size:
+        raise UserError(
+            f"data.batch_size: {cfg.data.batch_size} (the global batch) must divide by the {world.size} processes"
+        )
     speed = resolve_speed(tr, device)
-    apply_threads(speed)
+    apply_speed(speed, device, bool(tr.get("deterministic", False)))
     source = None
     if m.get("pretrained"):
         source = transfer.imagenet_source(m.name)
@@ -146,18 +159,22 @@ def build(cfg: DictConfig) -> Session:
         split = getattr(data, part)
         if split is not None and should_cache(split, spec, cache):
             setattr(data, part, cache_split(split, spec, workers, strict))
-            log.info(
-                "data.cache: decoded %d %s images once into memory at %d px",
-                len(getattr(data, part)),
-                part,
-                size,
-            )
+            n = len(getattr(data, part))
+            log.info("data.cache: decoded %d %s images once into memory at %d px", n, part, size)
+    shard = (world.rank, world.size)
     train_batches = Batches(
         data.train, spec, bs, device, shuffle=True, drop_last=True, generator=shuffle, num_workers=workers,
-        limit=tr.limit_train_batches, strict=strict,
+        limit=tr.limit_train_batches, strict=strict, shard=shard,
     )  # fmt: skip
     val_batches = Batches(
-        data.val, spec, bs, device, num_workers=workers, limit=tr.limit_val_batches, strict=strict
+        data.val,
+        spec,
+        bs,
+        device,
+        num_workers=workers,
+        limit=tr.limit_val_batches,
+        strict=strict,
+        shard=shard,
     )
     factory = instantiate(cfg.optimizer)
     fast = fast_optimizer_kwargs(factory, device, dict(cfg.optimizer))
@@ -169,11 +186,38 @@ def build(cfg: DictConfig) -> Session:
     augment = instantiate(cfg.augmentation)
     preprocess = Preprocess(spec, speed.channels_last).to(device)
     scaler = torch.amp.GradScaler(device.type) if speed.precision == "16-mixed" else None
+    net: nn.Module = model
+    if world.active:
+        if tr.get("sync_batchnorm", False):
+            if device.type != "cuda":
+                raise UserError(
+                    "trainer.sync_batchnorm: needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel)"
+                )
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     return Session(
-        data, spec, model_spec, model, compile_model(model, speed), preprocess, augment, optimizer, scheduler,
+        data, spec, model_spec, model, compile_model(net, speed), preprocess, augment, optimizer, scheduler,
         train_batches, val_batches, shuffle, device, source.origin if source is not None else "scratch", speed,
-        scaler,
+        scaler, world,
     )  # fmt: skip
+
+
+def _own_unfinished_last(run_dir: Path) -> Path | None:
+    """The run dir's own last.pt when the run did not finish: a requeued or restarted job continues it."""
+    last = run_dir / "last.pt"
+    return last if last.is_file() and not (run_dir / "results.json").is_file() else None
+
+
+def _global(progress: EpochProgress, device: torch.device) -> EpochProgress:
+    """This epoch's sums over every process (the progress itself for one process)."""
+    if not distributed.active():
+        return progress
+    sums = torch.tensor(
+        [progress.loss_sum, progress.correct, progress.seen], device=device, dtype=torch.float64
+    )
+    distributed.all_sum(sums)
+    loss_sum, correct, seen = sums.tolist()
+    return replace(progress, loss_sum=loss_sum, correct=int(correct), seen=int(seen))
 
 
 def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
@@ -181,14 +225,21 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
 
     last.pt is written at every epoch end, every `trainer.checkpoint_every_n_steps` steps, and on SIGINT or
     SIGTERM (then `Interrupted` is raised); a resumed run continues mid-epoch exactly where it stopped.
+    Under torchrun every rank calls this; rank 0 alone writes files, and all return the same results.
     """
     started = time.perf_counter()
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     check_config(cfg)
     tr = cfg.trainer
+    world = world_from_env()
+    device = distributed.init(world, pick_device(tr.device))
+    run_dir = Path(distributed.broadcast(str(run_dir)))  # ranks started in different seconds agree on one
+    main = world.is_main
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(tr.seed, tr.get("deterministic", False))
-    s = build(cfg)
+    s = build(cfg, world, device)
+    if not main:  # same weights (DDP copies rank 0's), different augmentation and dropout draws
+        torch.manual_seed(tr.seed + 7919 * world.rank)
     precision, tta = s.speed.precision, bool(tr.get("tta", False))
     n_params = sum(p.numel() for p in s.model.parameters())
     n_train = sum(p.numel() for p in s.model.parameters() if p.requires_grad)
@@ -197,7 +248,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         cfg.model.name, s.data.name, len(s.data.classes), s.spec.channels, s.spec.image_size, s.spec.image_size,
         f"{n_train:,}", f"{n_params:,}", len(s.data.train), len(s.data.val), s.device,
     )  # fmt: skip
-    log.info("speed: %s", s.speed.describe())
+    log.info("speed: %s%s", s.speed.describe(), f", {world.size} processes" if world.active else "")
     common = {
         "model": s.model_spec, "classes": s.data.classes, "eval_transform": s.spec.to_dict(),
         "config": OmegaConf.to_container(cfg, resolve=True), "init": s.init,
@@ -205,6 +256,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     history: list[dict[str, Any]] = []
     best_acc, best_epoch, start_epoch, partial = -1.0, 0, 1, None
     resume = checkpoint.find_resume(tr.get("resume"), run_dir, Path(str(cfg.get("output_root", "outputs"))))
+    resume = resume or _own_unfinished_last(run_dir)
     if resume is not None:
         last = checkpoint.load(resume)
         if last["model"] != s.model_spec:
@@ -218,19 +270,29 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         if s.scaler is not None and last.get("scaler"):
             s.scaler.load_state_dict(last["scaler"])
         checkpoint.set_rng_state(last["rng"], s.shuffle)
+        if not main:
+            torch.manual_seed(tr.seed + 7919 * world.rank + last["epoch"])
         history, best_acc, best_epoch = last["history"], last["best_val_acc"], last["best_epoch"]
         start_epoch, partial = last["epoch"] + 1, last.get("partial")
-        if resume.parent.resolve() != run_dir.resolve() and (resume.parent / "best.pt").is_file():
+        if partial is not None and not main:  # the saved sums are global: rank 0 carries them on
+            partial = {**partial, "loss_sum": 0.0, "correct": 0, "seen": 0}
+        if main and resume.parent.resolve() != run_dir.resolve() and (resume.parent / "best.pt").is_file():
             shutil.copy2(resume.parent / "best.pt", run_dir / "best.pt")
         where = f"epoch {start_epoch}" + (f", step {partial['step'] + 1}" if partial else "")
         log.info("resumed from %s at %s", resume, where)
 
-    files.write_json(run_dir / "class_indices.json", {str(i): c for i, c in enumerate(s.data.classes)})
-    plot_samples(s, run_dir / "samples.png")
+    tracker = None
+    if main:
+        files.write_json(run_dir / "class_indices.json", {str(i): c for i, c in enumerate(s.data.classes)})
+        plot_samples(s, run_dir / "samples.png")
+        tracker = instantiate(cfg.logger)(run_dir=run_dir) if "logger" in cfg else CsvLogger(run_dir)
+        tracker.log_config(common["config"])
     every = tr.get("checkpoint_every_n_steps") or 0
     loss = nn.CrossEntropyLoss(label_smoothing=tr.get("label_smoothing", 0.0))
 
     def save_last(epoch_done: int, extra: dict[str, Any]) -> None:
+        if not main:
+            return
         checkpoint.save(
             run_dir / "last.pt",
             {
@@ -242,6 +304,15 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         )  # fmt: skip
 
     with StopRequests() as stop:
+
+        def stop_signal() -> int | None:
+            """The signal any process got; every rank must agree, or one would wait for the others forever."""
+            if not world.active:
+                return stop.signum
+            flag = torch.tensor([stop.signum or 0], device=s.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            return int(flag.item()) or None
+
         for epoch in range(start_epoch, tr.max_epochs + 1):
             if partial is not None:  # replay this epoch's shuffle, skip the batches already trained
                 s.shuffle.set_state(partial["shuffle_state"])
@@ -254,18 +325,22 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             def after_step(
                 step: int, snapshot: Callable[[], EpochProgress], epoch: int = epoch, epoch_start=epoch_start
             ) -> None:
-                if stop.signum is None and not (every and step % every == 0):
+                signum = stop_signal()
+                if signum is None and not (every and step % every == 0):
                     return
-                save_last(epoch - 1, {"partial": {**asdict(snapshot()), "shuffle_state": epoch_start}})
-                if stop.signum is not None:
-                    raise Interrupted(stop.signum, epoch, step, run_dir / "last.pt")
+                now = _global(snapshot(), s.device)
+                save_last(epoch - 1, {"partial": {**asdict(now), "shuffle_state": epoch_start}})
+                if signum is not None:
+                    raise Interrupted(signum, epoch, step, run_dir / "last.pt")
 
             done = train_one_epoch(
                 s.net, s.train_batches.epoch(skip=progress.step), s.preprocess, s.augment, s.optimizer,
                 s.scheduler, loss, precision, progress, after_step, total_steps=len(s.train_batches),
                 scaler=s.scaler,
             )  # fmt: skip
+            done = _global(done, s.device)
             train = done.summary()
+            distributed.sync_buffers(s.model)
             val = evaluate(s.net, s.val_batches, s.preprocess, precision, desc="val", tta=tta)
             row = {
                 "epoch": epoch, "train_loss": round(train["loss"], 5), "train_acc": round(train["acc"], 5),
@@ -276,27 +351,34 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             metrics = {"val_acc": val["acc"], "val_loss": val["loss"], "train_acc": train["acc"]}
             if val["acc"] > best_acc:
                 best_acc, best_epoch = val["acc"], epoch
-                best = {**common, "state_dict": s.model.state_dict(), "epoch": epoch, "metrics": metrics}
-                checkpoint.save(run_dir / "best.pt", best)
+                if main:
+                    best = {**common, "state_dict": s.model.state_dict(), "epoch": epoch, "metrics": metrics}
+                    checkpoint.save(run_dir / "best.pt", best)
             save_last(epoch, {"metrics": metrics})
-            files.write_csv(run_dir / "metrics.csv", history)
-            plots.plot_curves(history, run_dir / "curves.png")
+            if main and tracker is not None:
+                tracker.log_epoch(history)
+                plots.plot_curves(history, run_dir / "curves.png")
             log.info(
                 "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.3g  %.1fs  %.0f img/s",
                 epoch, tr.max_epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"],
                 done.lr, row["seconds"], row["images_per_s"],
             )  # fmt: skip
-            if stop.signum is not None:
-                raise Interrupted(stop.signum, epoch, done.step, run_dir / "last.pt")
+            signum = stop_signal()
+            if signum is not None:
+                raise Interrupted(signum, epoch, done.step, run_dir / "last.pt")
+        distributed.barrier()  # best.pt is on disk before any rank reads it
         test_acc, test_loss = test_best(cfg, s, run_dir, precision, tta)
     results = {
         "model": cfg.model.name, "data": s.data.name, "test_acc": test_acc, "test_loss": test_loss,
         "best_val_acc": best_acc, "best_epoch": best_epoch, "epochs": tr.max_epochs, "parameters": n_params,
         "trainable_parameters": n_train, "precision": precision, "channels_last": s.speed.channels_last,
-        "compile": s.speed.compile, "threads": s.speed.threads, "tta": tta,
+        "compile": s.speed.compile, "threads": s.speed.threads, "tta": tta, "processes": world.size,
         "wall_seconds": round(time.perf_counter() - started, 2),
     }  # fmt: skip
-    files.write_json(run_dir / "results.json", results)
+    if main and tracker is not None:
+        files.write_json(run_dir / "results.json", results)
+        tracker.log_best(run_dir / "best.pt")
+        tracker.close()
     return results
 
 
@@ -318,7 +400,7 @@ def test_best(
     s.model.load_state_dict(checkpoint.load(run_dir / "best.pt")["state_dict"])
     batches = Batches(
         s.data.test, s.spec, int(cfg.data.batch_size), s.device, num_workers=int(cfg.data.num_workers),
-        limit=cfg.trainer.limit_test_batches,
+        limit=cfg.trainer.limit_test_batches, shard=(s.world.rank, s.world.size),
     )  # fmt: skip
     test = evaluate(s.net, batches, s.preprocess, precision, desc="test", tta=tta)
     return test["acc"], test["loss"]

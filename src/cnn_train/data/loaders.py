@@ -121,8 +121,10 @@ class Batches:
         num_workers: int = 0,
         limit: int | None = None,
         strict: bool = False,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         self.split, self.spec, self.batch_size, self.device = split, spec, batch_size, device
+        self.rank, self.world = shard  # under torchrun each rank takes its slice of every global batch
         self.shuffle, self.generator, self.num_workers, self.strict = shuffle, generator, num_workers, strict
         # One image in a training batch breaks BatchNorm, so a short last batch is dropped in training.
         drop = drop_last and len(split) > batch_size
@@ -143,7 +145,11 @@ class Batches:
         n = len(self.split)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         bs = self.batch_size
-        return [order[i * bs : (i + 1) * bs] for i in range(skip, self.num_batches)]
+        chunks = [order[i * bs : (i + 1) * bs] for i in range(skip, self.num_batches)]
+        if self.world > 1:
+            per = -(-bs // self.world)
+            chunks = [c[self.rank * per : (self.rank + 1) * per] for c in chunks]
+        return chunks
 
     def _file_loader(self) -> DataLoader:
         if self._loader is None:

@@ -29,7 +29,9 @@ class ResNet9(nn.Sequential):
     down (×0.125) as in the original, which lets one-cycle SGD use a large peak learning rate.
     """
 
-    def __init__(self, num_classes: int, in_channels: int, width: int = 64, logit_scale: float = 0.125) -> None:
+    def __init__(
+        self, num_classes: int, in_channels: int, width: int = 64, logit_scale: float = 0.125
+    ) -> None:
         w = width
         super().__init__(
             *_conv_bn(in_channels, w),

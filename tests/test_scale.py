@@ -1,0 +1,159 @@
+"""Beyond one process: torchrun DDP (gloo), an Optuna search, a submitit_local sweep, the logger group."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from cnn_train.train import fit
+from tests.conftest import make_config
+from tests.test_train import RUN_FILES, read_metrics
+
+SLICE = [
+    "model=lenet", "trainer.max_epochs=1", "trainer.limit_train_batches=40", "trainer.limit_val_batches=8",
+    "trainer.limit_test_batches=8", "data.batch_size=64", "optimizer.lr=0.003",
+]  # fmt: skip
+
+
+def cnn_train(*args: str, cwd: Path, torchrun: int = 0, timeout: int = 600) -> subprocess.CompletedProcess:
+    """cnn-train in its own process (through torchrun with `torchrun` workers when asked)."""
+    launch = [sys.executable, "-m", "cnn_train.cli"]
+    if torchrun:
+        launch = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}",
+            "-m", "cnn_train.cli",
+        ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([*launch, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_torchrun_two_gloo_processes_match_one(fashion_root: Path, tmp_path: Path) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    cnn_train(*SLICE, f"hydra.run.dir={one}", "trainer.threads=1", cwd=tmp_path)
+    proc = cnn_train(*SLICE, f"hydra.run.dir={two}", "trainer.threads=1", cwd=tmp_path, torchrun=2)
+    for name in [*RUN_FILES, "curves.png", "samples.png"]:
+        assert (two / name).is_file(), name
+    r1, r2 = (json.loads((d / "results.json").read_text()) for d in (one, two))
+    assert r2["processes"] == 2 and r1["processes"] == 1
+    assert abs(r1["test_acc"] - r2["test_acc"]) < 0.05 and r2["test_acc"] > 0.6
+    # Every global batch was seen once: 40 steps of 64 images, split over the two ranks and summed back.
+    assert (
+        read_metrics(two)[0]["images_per_s"] and proc.stderr.count("best_epoch") == 1
+    )  # rank 0 alone reports
+    # Resume with another world size: one process continues the two-process run for a second epoch.
+    cnn_train(
+        *SLICE, "trainer.max_epochs=2", f"trainer.resume={two / 'last.pt'}", f"hydra.run.dir={tmp_path / 'more'}",
+        cwd=tmp_path,
+    )  # fmt: skip
+    rows = read_metrics(tmp_path / "more")
+    assert [r["epoch"] for r in rows] == ["1", "2"] and rows[0] == read_metrics(two)[0]
+
+
+def test_batch_must_split_over_processes(fashion_root: Path, tmp_path: Path, monkeypatch) -> None:
+    from cnn_train.distributed import World
+    from cnn_train.errors import UserError
+    from cnn_train.train import build
+
+    with pytest.raises(UserError, match="data.batch_size: 65 .* must divide by the 2 processes"):
+        build(make_config("model=lenet", "data.batch_size=65"), World(0, 2, 0), torch.device("cpu"))
+
+
+@pytest.mark.slow
+def test_optuna_search_records_a_failed_trial_and_marks_the_best(fashion_root: Path, tmp_path: Path) -> None:
+    sweep, extra = tmp_path / "search", tmp_path / "configs" / "hparams_search"
+    extra.mkdir(parents=True)
+    # The shipped search, with a learning rate that diverges among the choices, so that a trial fails.
+    (extra / "diverging.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - optuna\nhydra:\n  sweeper:\n    params:\n"
+        "      optimizer.lr: choice(1.0e+8, 0.003)\n"
+    )
+    proc = cnn_train(
+        "--config-dir", str(tmp_path / "configs"), "hparams_search=diverging", "model=lenet", "optimizer=sgd",
+        "trainer.max_epochs=1", "trainer.limit_train_batches=15", "trainer.limit_val_batches=4",
+        "trainer.limit_test_batches=2", "hydra.sweeper.n_trials=3", "trainer.seed=1",
+        f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+    )  # fmt: skip
+    with (sweep / "summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3
+    assert any(r["status"] == "failed" and "loss became" in r["error"] for r in rows), rows
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert ok and [r["best"] for r in rows].count("*") == 1
+    best = next(r for r in rows if r["best"] == "*")
+    assert float(best["best_val_acc"]) == max(float(r["best_val_acc"]) for r in ok)
+    assert "optimizer.lr=0.003" in best["overrides"]
+    result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert result["best_value"] == pytest.approx(float(best["best_val_acc"]))
+    assert "Failed experiment" in proc.stderr + proc.stdout
+
+
+@pytest.mark.slow
+def test_submitit_local_runs_a_two_job_sweep(fashion_root: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "cluster"
+    cnn_train(
+        "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "model=lenet",
+        "trainer.max_epochs=1", "trainer.limit_train_batches=5", "trainer.limit_val_batches=2",
+        "trainer.limit_test_batches=2", "optimizer.lr=0.01,0.003", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+    )  # fmt: skip
+    with (sweep / "summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert sorted(p.name for p in sweep.glob("*/best.pt")) == ["best.pt", "best.pt"]
+    assert list((sweep / ".submitit").rglob("*_result.pkl"))  # each job ran through submitit
+
+
+def test_a_restarted_job_continues_its_own_unfinished_run(fashion_root: Path, tmp_path: Path) -> None:
+    """What a requeued cluster job does: same run dir, last.pt there, no results.json yet."""
+    over = ["model=lenet", "trainer.limit_train_batches=4", "trainer.limit_val_batches=1",
+            "trainer.limit_test_batches=1", "data.batch_size=16"]  # fmt: skip
+    fit(make_config(*over, "trainer.max_epochs=1"), tmp_path)
+    (tmp_path / "results.json").unlink()  # as if the job was preempted after epoch 1
+    results = fit(make_config(*over, "trainer.max_epochs=2"), tmp_path)
+    rows = read_metrics(tmp_path)
+    assert [r["epoch"] for r in rows] == ["1", "2"] and results["epochs"] == 2
+
+
+def test_tensorboard_logger_is_read_back(fashion_root: Path, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    fit(make_config(*SLICE[:1], "logger=tensorboard", "trainer.max_epochs=2", "trainer.limit_train_batches=5",
+                    "trainer.limit_val_batches=2", "trainer.limit_test_batches=1"), tmp_path)  # fmt: skip
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    val = events.Scalars("val_acc")
+    rows = read_metrics(tmp_path)
+    assert [e.step for e in val] == [1, 2]
+    assert [round(e.value, 4) for e in val] == [round(float(r["val_acc"]), 4) for r in rows]
+    assert (tmp_path / "metrics.csv").is_file()
+
+
+def test_mlflow_logger_is_read_back(fashion_root: Path, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    run_dir = tmp_path / "run"
+    fit(make_config("model=lenet", "logger=mlflow", f"logger.tracking_uri={uri}", "trainer.max_epochs=2",
+                    "trainer.limit_train_batches=5", "trainer.limit_val_batches=2",
+                    "trainer.limit_test_batches=1", "optimizer.lr=0.002"), run_dir)  # fmt: skip
+    client = MlflowClient(tracking_uri=uri)
+    run_id = (run_dir / "mlflow_run_id").read_text().strip()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["optimizer.lr"] == "0.002" and run.data.params["model.name"] == "lenet"
+    history = client.get_metric_history(run_id, "val_acc")
+    rows = read_metrics(run_dir)
+    assert [(m.step, round(m.value, 5)) for m in history] == [
+        (int(r["epoch"]), float(r["val_acc"])) for r in rows
+    ]
+    assert [a.path for a in client.list_artifacts(run_id)] == ["best.pt"]
