@@ -172,6 +172,7 @@ def main() -> None:
         root = torchvision_root(tmp / "tv")
         for model, (bs, side, cpu_steps, gpu_steps) in MODELS.items():
             steps = 3 if args.quick else (gpu_steps if gpu else cpu_steps)
+            bs = 16 if args.quick else bs
             base = seed_loop(model, bs, side, steps, device, root)
             mine = ours(model, bs, side, steps, args.device, tmp)
             flops = train_step_flops(model, bs, side)
@@ -187,7 +188,10 @@ def main() -> None:
         if not args.skip_main_job:
             jobs.append(["model=alexnet", "data=fashion_mnist"])
         for job in jobs:
-            extra = ["trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=1"]
+            extra = [
+                "trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
+                "trainer.limit_test_batches=2",
+            ]  # fmt: skip
             full = job + ([f"trainer.device={args.device}"] if args.device != "auto" else [])
             seconds, acc = time_to_accuracy(full + (extra if args.quick else []), tmp)
             row = f"| `cnn-train {' '.join(job)}` | {acc:.4f} | {seconds:.0f} |"
