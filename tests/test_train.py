@@ -127,6 +127,8 @@ def test_image_folder_at_224_with_imagenet_augmentation(folder_root: Path, tmp_p
         ("model.name=resnet7", "model.name: unknown model 'resnet7'; choose one of: alexnet"),
         ("model=inception_v3 data.image_size=32", "data.image_size: 32 is too small for inception_v3"),
         ("trainer.precision=8", "trainer.precision: 8 is not one of"),
+        ("trainer.channels_last=sometimes", "trainer.channels_last: 'sometimes' must be auto, true or false"),
+        ("optimized_metric=train_acc", "optimized_metric: 'train_acc' is not one of best_val_acc"),
         ("trainer.resume=/nowhere/last.pt", "trainer.resume: /nowhere/last.pt does not exist"),
     ],
 )

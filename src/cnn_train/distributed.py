@@ -74,13 +74,13 @@ def all_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def any_true(flag: bool, device: torch.device) -> bool:
-    """True on every process if it is true on any (e.g. one of them got SIGTERM)."""
+def all_max(value: int, device: torch.device) -> int:
+    """The largest `value` over all processes (e.g. the signal any one of them got; 0 for none)."""
     if not active():
-        return flag
-    t = torch.tensor([1 if flag else 0], device=device)
+        return value
+    t = torch.tensor([value], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return int(t.item())
 
 
 def broadcast(obj: Any) -> Any:

@@ -100,13 +100,16 @@ def train_one_epoch(
     eager_check = device.type == "cpu"
     first_bad = torch.zeros((), device=device, dtype=torch.long)  # 0: every loss so far was finite
 
+    def non_finite(value: str, at: int) -> NonFiniteLoss:
+        return NonFiniteLoss(
+            f"loss became {value} at epoch {epoch}, step {at}; stopped before a checkpoint took those weights, "
+            "best.pt and last.pt keep the last good ones (try a lower optimizer.lr)"
+        )
+
     def check_finite() -> None:
         bad = int(first_bad.item())
         if bad:
-            raise NonFiniteLoss(
-                f"loss became non-finite at epoch {epoch}, step {bad}; stopped before any checkpoint took those "
-                "weights, best.pt and last.pt keep the last good ones (try a lower optimizer.lr)"
-            )
+            raise non_finite("non-finite", bad)
 
     def snapshot() -> EpochProgress:
         check_finite()
@@ -124,11 +127,8 @@ def train_one_epoch(
             logits = model(inputs)
             loss = loss_fn(logits.float(), y)
         if eager_check:
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(
-                    f"loss became {loss.item()} at epoch {epoch}, step {step}; stopped before that step, "
-                    "best.pt and last.pt keep the last good weights (try a lower optimizer.lr)"
-                )
+            if not torch.isfinite(loss):  # before the step: the weights stay the last good ones
+                raise non_finite(str(loss.item()), step)
         else:
             first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss.detach()), step, first_bad)
             if step % 50 == 0:

@@ -37,6 +37,7 @@ from cnn_train.loggers import CsvLogger
 from cnn_train.models import build_model, min_image_size
 
 log = logging.getLogger(__name__)
+OPTIMIZABLE = ("best_val_acc", "test_acc", "test_loss", "wall_seconds")  # results a sweeper may optimize
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -52,6 +53,9 @@ def check_config(cfg: DictConfig) -> None:
     for key, value, ok, why in checks:
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not ok(value):
             raise UserError(f"{key}: {value!r} {why}")
+    metric = cfg.get("optimized_metric", "best_val_acc")
+    if metric not in OPTIMIZABLE:
+        raise UserError(f"optimized_metric: {metric!r} is not one of {', '.join(OPTIMIZABLE)}")
     for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
         value = cfg.trainer.get(key)
         if value is not None and (not isinstance(value, int) or value < 1):
@@ -309,9 +313,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             """The signal any process got; every rank must agree, or one would wait for the others forever."""
             if not world.active:
                 return stop.signum
-            flag = torch.tensor([stop.signum or 0], device=s.device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            return int(flag.item()) or None
+            return distributed.all_max(stop.signum or 0, s.device) or None
 
         for epoch in range(start_epoch, tr.max_epochs + 1):
             if partial is not None:  # replay this epoch's shuffle, skip the batches already trained

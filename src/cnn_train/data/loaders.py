@@ -168,7 +168,9 @@ class Batches:
         chunks = self._chunks(skip)
         if self._resident is not None:
             data = self._resident
-            yield from ((data.images[i], data.labels[i]) for i in (c.to(self.device) for c in chunks))
+            yield from (
+                (data.images[i], data.labels[i]) for i in (c.to(self.device) for c in chunks if len(c))
+            )
             return
         if isinstance(self.split, TensorSplit):
             batches: Iterator[Batch] = ((self.split.images[i], self.split.labels[i]) for i in chunks)
