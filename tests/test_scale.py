@@ -157,3 +157,4 @@ def test_mlflow_logger_is_read_back(fashion_root: Path, tmp_path: Path) -> None:
         (int(r["epoch"]), float(r["val_acc"])) for r in rows
     ]
     assert [a.path for a in client.list_artifacts(run_id)] == ["best.pt"]
+    assert list((tmp_path / "store" / "mlartifacts").rglob("best.pt"))  # beside the database, not in the cwd

@@ -94,13 +94,14 @@ class MlflowLogger(CsvLogger):
             from mlflow.tracking import MlflowClient
         except ImportError as e:
             raise UserError("logger=mlflow: install it with pip install 'cnn-train[loggers]'") from e
-        if tracking_uri.startswith("sqlite:///"):
-            Path(tracking_uri.removeprefix("sqlite:///")).expanduser().parent.mkdir(
-                parents=True, exist_ok=True
-            )
+        artifacts = None
+        if tracking_uri.startswith("sqlite:///"):  # artifacts beside the database, not in the working dir
+            store = Path(tracking_uri.removeprefix("sqlite:///")).expanduser().resolve().parent
+            store.mkdir(parents=True, exist_ok=True)
+            artifacts = (store / "mlartifacts").as_uri()
         self.client = MlflowClient(tracking_uri=tracking_uri)
         found = self.client.get_experiment_by_name(experiment)
-        exp_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        exp_id = found.experiment_id if found else self.client.create_experiment(experiment, artifacts)
         id_file = self.run_dir / "mlflow_run_id"
         if id_file.is_file():
             self.run_id = id_file.read_text().strip()
