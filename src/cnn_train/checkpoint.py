@@ -92,9 +92,14 @@ def set_rng_state(state: dict[str, Any], shuffle: torch.Generator) -> None:
 
 
 def find_resume(resume: str | None, run_dir: Path, outputs: Path) -> Path | None:
-    """`auto`: this run dir's last.pt, else the newest last.pt of an unfinished run under `outputs`."""
+    """`auto`: this run dir's last.pt, else the newest last.pt of an unfinished run under `outputs`.
+
+    Unset: this run dir's last.pt if its run did not finish (no results.json): a requeued or restarted job
+    continues its own run.
+    """
     if not resume:
-        return None
+        own = run_dir / "last.pt"
+        return own if own.is_file() and not (run_dir / "results.json").is_file() else None
     if resume != "auto":
         path = Path(resume).expanduser()
         if not path.is_file():

@@ -171,15 +171,8 @@ def build(cfg: DictConfig, world: World | None = None, device: torch.device | No
         limit=tr.limit_train_batches, strict=strict, shard=shard,
     )  # fmt: skip
     val_batches = Batches(
-        data.val,
-        spec,
-        bs,
-        device,
-        num_workers=workers,
-        limit=tr.limit_val_batches,
-        strict=strict,
-        shard=shard,
-    )
+        data.val, spec, bs, device, num_workers=workers, limit=tr.limit_val_batches, strict=strict, shard=shard,
+    )  # fmt: skip
     factory = instantiate(cfg.optimizer)
     fast = fast_optimizer_kwargs(factory, device, dict(cfg.optimizer))
     optimizer = factory(params=[p for p in model.parameters() if p.requires_grad], **fast)
@@ -204,12 +197,6 @@ def build(cfg: DictConfig, world: World | None = None, device: torch.device | No
         train_batches, val_batches, shuffle, device, source.origin if source is not None else "scratch", speed,
         scaler, world,
     )  # fmt: skip
-
-
-def _own_unfinished_last(run_dir: Path) -> Path | None:
-    """The run dir's own last.pt when the run did not finish: a requeued or restarted job continues it."""
-    last = run_dir / "last.pt"
-    return last if last.is_file() and not (run_dir / "results.json").is_file() else None
 
 
 def _global(progress: EpochProgress, device: torch.device) -> EpochProgress:
@@ -242,8 +229,6 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(tr.seed, tr.get("deterministic", False))
     s = build(cfg, world, device)
-    if not main:  # same weights (DDP copies rank 0's), different augmentation and dropout draws
-        torch.manual_seed(tr.seed + 7919 * world.rank)
     precision, tta = s.speed.precision, bool(tr.get("tta", False))
     n_params = sum(p.numel() for p in s.model.parameters())
     n_train = sum(p.numel() for p in s.model.parameters() if p.requires_grad)
@@ -260,7 +245,6 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     history: list[dict[str, Any]] = []
     best_acc, best_epoch, start_epoch, partial = -1.0, 0, 1, None
     resume = checkpoint.find_resume(tr.get("resume"), run_dir, Path(str(cfg.get("output_root", "outputs"))))
-    resume = resume or _own_unfinished_last(run_dir)
     if resume is not None:
         last = checkpoint.load(resume)
         if last["model"] != s.model_spec:
@@ -274,8 +258,6 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         if s.scaler is not None and last.get("scaler"):
             s.scaler.load_state_dict(last["scaler"])
         checkpoint.set_rng_state(last["rng"], s.shuffle)
-        if not main:
-            torch.manual_seed(tr.seed + 7919 * world.rank + last["epoch"])
         history, best_acc, best_epoch = last["history"], last["best_val_acc"], last["best_epoch"]
         start_epoch, partial = last["epoch"] + 1, last.get("partial")
         if partial is not None and not main:  # the saved sums are global: rank 0 carries them on
@@ -285,6 +267,8 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         where = f"epoch {start_epoch}" + (f", step {partial['step'] + 1}" if partial else "")
         log.info("resumed from %s at %s", resume, where)
 
+    if not main:  # same weights (DDP copies rank 0's), different augmentation and dropout draws
+        torch.manual_seed(tr.seed + 7919 * world.rank + start_epoch)
     tracker = None
     if main:
         files.write_json(run_dir / "class_indices.json", {str(i): c for i, c in enumerate(s.data.classes)})
@@ -357,7 +341,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                     best = {**common, "state_dict": s.model.state_dict(), "epoch": epoch, "metrics": metrics}
                     checkpoint.save(run_dir / "best.pt", best)
             save_last(epoch, {"metrics": metrics})
-            if main and tracker is not None:
+            if tracker is not None:  # rank 0
                 tracker.log_epoch(history)
                 plots.plot_curves(history, run_dir / "curves.png")
             log.info(
@@ -377,7 +361,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         "compile": s.speed.compile, "threads": s.speed.threads, "tta": tta, "processes": world.size,
         "wall_seconds": round(time.perf_counter() - started, 2),
     }  # fmt: skip
-    if main and tracker is not None:
+    if tracker is not None:  # rank 0
         files.write_json(run_dir / "results.json", results)
         tracker.log_best(run_dir / "best.pt")
         tracker.close()
