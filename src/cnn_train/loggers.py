@@ -50,7 +50,7 @@ class CsvLogger:
 
 
 class TensorBoardLogger(CsvLogger):
-    """Scalars per epoch and the config as hparams, in <run dir>/tensorboard (`tensorboard --logdir outputs`)."""
+    """Scalars per epoch and the config as text, in <run dir>/tensorboard (`tensorboard --logdir outputs`)."""
 
     def __init__(self, run_dir: str | Path, subdir: str = "tensorboard") -> None:
         super().__init__(run_dir)
@@ -59,13 +59,9 @@ class TensorBoardLogger(CsvLogger):
         except ImportError as e:
             raise UserError("logger=tensorboard: install it with pip install 'cnn-train[loggers]'") from e
         self.writer = SummaryWriter(log_dir=str(self.run_dir / subdir))
-        self.params: dict[str, Any] = {}
 
     def log_config(self, config: dict[str, Any]) -> None:
-        self.params = {
-            k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(config).items()
-        }
-        self.writer.add_text("config", "\n".join(f"    {k}: {v}" for k, v in self.params.items()))
+        self.writer.add_text("config", "\n".join(f"    {k}: {v}" for k, v in flatten(config).items()))
 
     def log_epoch(self, history: list[dict[str, Any]]) -> None:
         super().log_epoch(history)
