@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
 
+from cnn_train.config import register_schemas
 from cnn_train.data.datasets import DEBIAN_FASHION_MNIST
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -29,6 +30,7 @@ TINY = [
 
 def make_config(*overrides: str, config_name: str = "train") -> DictConfig:
     """Compose the real configs the way the CLI does."""
+    register_schemas()
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         return compose(config_name=config_name, overrides=list(overrides))
 

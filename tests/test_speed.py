@@ -11,6 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from cnn_train.config import TrainerConfig
 from cnn_train.data.datasets import load_dataset
 from cnn_train.data.loaders import Batches
 from cnn_train.data.transforms import EvalTransform, Preprocess
@@ -56,10 +57,7 @@ def test_bf16_reaches_the_accuracy_of_fp32(fashion_root: Path, tmp_path: Path) -
 
 
 def test_auto_picks_fp32_on_a_cpu_without_native_bf16_and_physical_cores() -> None:
-    tr = OmegaConf.create(
-        {"precision": "auto", "channels_last": "auto", "compile": "auto", "threads": "auto"}
-    )
-    speed = resolve_speed(tr, torch.device("cpu"))
+    speed = resolve_speed(TrainerConfig(), torch.device("cpu"))  # every speed setting at its default, auto
     assert speed.precision == ("bf16" if cpu_has_fast_bf16() else "32")
     assert speed.channels_last is True and speed.compile is False
     assert speed.threads == physical_cores() >= 1
@@ -75,7 +73,7 @@ def test_auto_picks_fp32_on_a_cpu_without_native_bf16_and_physical_cores() -> No
     ],
 )
 def test_bad_speed_settings_name_the_key(key: str, value: object, message: str) -> None:
-    tr = OmegaConf.create({key: value})
+    tr = OmegaConf.structured(TrainerConfig(**{key: value}))
     with pytest.raises(UserError, match=message):
         resolve_speed(tr, torch.device("cpu"))
 

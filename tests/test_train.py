@@ -123,7 +123,7 @@ def test_image_folder_at_224_with_imagenet_augmentation(folder_root: Path, tmp_p
         ("optimizer.lr=-0.1", "optimizer.lr: -0.1 must be > 0"),
         ("data.batch_size=0", "data.batch_size: 0 must be an integer"),
         ("data.val_split=1.5", "data.val_split: 1.5 must lie strictly between 0 and 1"),
-        ("data.val_split=0", "data.val_split: 0 must lie strictly between 0 and 1"),
+        ("data.val_split=0", "data.val_split: 0.0 must lie strictly between 0 and 1"),  # a float key
         ("model.name=resnet7", "model.name: unknown model 'resnet7'; choose one of: alexnet"),
         ("model=inception_v3 data.image_size=32", "data.image_size: 32 is too small for inception_v3"),
         ("trainer.precision=8", "trainer.precision: 8 is not one of"),

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnn_train.config import DataConfig, TrainerConfig, with_defaults
 from cnn_train.data.datasets import Dataset, load_dataset
 from cnn_train.data.transforms import EvalTransform
 from cnn_train.errors import UserError
@@ -67,9 +68,9 @@ def restore_model(payload: dict[str, Any], source: str | Path = "checkpoint") ->
 
 def dataset(payload: dict[str, Any], data: dict[str, Any] | None = None) -> Dataset:
     """The checkpoint's own data (or `data`, a data config), split with the seed it was trained with."""
-    cfg = data or payload["config"]["data"]
-    seed = payload["config"].get("trainer", {}).get("seed", 42)
-    return load_dataset(cfg["name"], cfg["root"], cfg["val_split"], seed, cfg.get("channels", 3))
+    cfg = with_defaults(DataConfig, data or payload["config"]["data"])
+    seed = with_defaults(TrainerConfig, payload["config"]["trainer"]).seed
+    return load_dataset(cfg.name, cfg.root, cfg.val_split, seed, cfg.channels)
 
 
 def eval_transform(payload: dict[str, Any]) -> EvalTransform:

@@ -20,6 +20,7 @@ from rich.console import Console, Group
 from rich.table import Table
 
 from cnn_train import files, plots
+from cnn_train.config import register_schemas
 from cnn_train.data.datasets import describe
 from cnn_train.distributed import world_from_env
 from cnn_train.errors import UserError
@@ -34,6 +35,7 @@ from cnn_train.train import fit
 
 log = logging.getLogger("cnn_train")
 console = Console(stderr=True, soft_wrap=True)
+register_schemas()  # before any primary YAML names them in its defaults list
 
 
 def _config_dir() -> str:
@@ -89,7 +91,7 @@ def train_task(cfg: DictConfig) -> float | None:
         return None
     if main:
         console.print(_results_table(results, run_dir))
-    return results[cfg.get("optimized_metric", "best_val_acc")]  # check_config vouched for the key
+    return results[cfg.optimized_metric]  # check_config vouched for the key
 
 
 _train = hydra.main(version_base="1.3", config_path=_config_dir(), config_name="train")(train_task)
@@ -134,9 +136,11 @@ def _predict(cfg: DictConfig) -> None:
 @hydra.main(version_base="1.3", config_path=_config_dir(), config_name="summary")
 def _summary(cfg: DictConfig) -> None:
     try:
-        channels, num_classes, native = describe(cfg.data.name, cfg.data.root, cfg.data.get("channels", 3))
-        size = int(cfg.data.get("image_size") or cfg.model.get("image_size") or native or 224)
-        args = OmegaConf.to_container(cfg.model.args, resolve=True) if "args" in cfg.model else {}
+        channels, num_classes, native = describe(cfg.data.name, cfg.data.root, cfg.data.channels)
+        size = cfg.data.image_size or cfg.model.image_size or native
+        if size is None:
+            raise UserError("data.image_size: must be set for image folders (e.g. data.image_size=224)")
+        args = OmegaConf.to_container(cfg.model.args, resolve=True)
         model = build_model(
             cfg.model.name, num_classes=num_classes, in_channels=channels, image_size=size, **args
         )
@@ -159,7 +163,9 @@ def _eval(cfg: DictConfig) -> None:
             raise UserError(f"split: {cfg.split!r} is not test or val")
         ckpt = _checkpoint_arg(cfg)
         out_dir = Path(cfg.output_dir) if cfg.output_dir else ckpt.parent / "eval"
-        data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else None
+        data = None  # the checkpoint's own
+        if cfg.data is not None:
+            data = OmegaConf.to_container(cfg.data, resolve=True)
         device = pick_device(cfg.device)
         report = evaluate_checkpoint(
             ckpt, out_dir, data, cfg.split, device, cfg.batch_size, cfg.limit_batches, tta=bool(cfg.tta)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnn_train.config import TrainerConfig
 from cnn_train.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -84,14 +85,14 @@ def _switch(key: str, value: Any, auto: bool) -> bool:
     raise UserError(f"trainer.{key}: {value!r} must be auto, true or false")
 
 
-def resolve_speed(trainer: Any, device: torch.device) -> Speed:
+def resolve_speed(trainer: TrainerConfig, device: torch.device) -> Speed:
     """Turn the trainer's `auto` settings into choices measured to be faster on this kind of device.
 
     precision auto: bf16 on CUDA with bf16 support (else 16-mixed), bf16 on CPUs with native bf16, else fp32.
     channels_last auto: on for CUDA and CPU (oneDNN's NHWC kernels: +12% for AlexNet on 2 AVX2 cores).
     compile auto: on for CUDA only; on a CPU the compile time outweighs the gain for runs of minutes.
     """
-    precision = str(trainer.get("precision", "auto"))
+    precision = str(trainer.precision)
     if precision not in PRECISIONS:
         raise UserError(f"trainer.precision: {precision} is not one of {', '.join(PRECISIONS)}")
     if precision == "auto":
@@ -109,11 +110,9 @@ def resolve_speed(trainer: Any, device: torch.device) -> Speed:
         log.warning(
             "trainer.precision=bf16: this CPU has no native bf16 (AVX-512 BF16/AMX); expect it to be slow"
         )
-    channels_last = _switch(
-        "channels_last", trainer.get("channels_last", "auto"), device.type in ("cuda", "cpu")
-    )
-    compile_ = _switch("compile", trainer.get("compile", "auto"), device.type == "cuda")
-    threads = trainer.get("threads", "auto")
+    channels_last = _switch("channels_last", trainer.channels_last, device.type in ("cuda", "cpu"))
+    compile_ = _switch("compile", trainer.compile, device.type == "cuda")
+    threads = trainer.threads
     if threads in ("auto", None):
         threads = physical_cores()
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:

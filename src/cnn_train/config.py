@@ -1,0 +1,152 @@
+"""The typed config: every key the code reads, declared once with its type, its default and what it means.
+
+The primary YAMLs (configs/train.yaml, ...) put these schemas first in their defaults list, so every group
+choice (configs/model/*.yaml, ...) is merged onto a typed node: a wrong type or an unknown key fails while
+Hydra composes the config, naming the key. The defaults live here; a choice file sets only what differs.
+The `_target_` groups (optimizer, scheduler, augmentation, logger) stay untyped: their keys are their
+constructors' arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # registry key (cnn_train.models.list_models()); set by configs/model/<name>.yaml
+    image_size: int | None = None  # input side it expects; null = the data's own; data.image_size overrides
+    args: dict[str, Any] = field(default_factory=dict)  # architecture options for the builder (per model)
+    pretrained: bool = False  # start from torchvision's ImageNet weights (downloads once; needs the internet)
+    weights: str | None = None  # start from this file: a cnn-train checkpoint or a plain state dict
+    finetune: str = "full"  # full | head (only a new classifier trains) | last_n (the last trainable_layers)
+    trainable_layers: int = 1  # with finetune=last_n: how many layers with parameters, from the end, train
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING  # fashion_mnist | mnist | cifar10 | image_folder; set by configs/data/<name>.yaml
+    root: str = MISSING  # where the files are (per choice: each dataset looks and downloads differently)
+    batch_size: int = 128  # images per step (the global batch under torchrun)
+    image_size: int | None = None  # input side; null = the model's stated size, else the data's own
+    val_split: float = 0.1  # fraction of the training split held out for validation (fixed by trainer.seed)
+    num_workers: int = 0  # loader processes (in-memory data needs none)
+    mean: list[float] = MISSING  # per-channel normalisation of the data, recorded in the checkpoint
+    std: list[float] = MISSING  # per-channel standard deviation, the same way
+    cache: Any = "auto"  # image_folder: decode every image once into memory: auto (if it fits) | true | false
+    strict: bool = False  # image_folder: an unreadable image fails the run instead of being skipped
+    channels: int = 3  # image_folder: 3 = RGB, 1 = grayscale; every file is converted
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 10  # passes over the training split
+    device: str = "auto"  # auto | cpu | cuda | mps (auto: cuda, then mps, then cpu)
+    seed: int = 42  # seeds weights, shuffling, augmentation and the validation hold-out
+    precision: str = "auto"  # auto | 32 | bf16 | 16-mixed (auto: bf16 on CUDA and on CPUs with native bf16)
+    channels_last: Any = "auto"  # NHWC memory format: auto (on for CUDA and CPU) | true | false
+    compile: Any = "auto"  # torch.compile: auto (on for CUDA, off on CPU) | true | false
+    threads: Any = "auto"  # CPU threads for torch: auto (the physical cores) | a whole number
+    tta: bool = False  # flip test-time augmentation for validation and test (image + mirror, averaged)
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    deterministic: bool = False  # use only deterministic kernels (repeatable runs, slower)
+    limit_train_batches: int | None = None  # stop each training epoch after this many batches (smoke runs)
+    limit_val_batches: int | None = None  # validate on at most this many batches
+    limit_test_batches: int | None = None  # test on at most this many batches
+    resume: str | None = None  # a last.pt, or auto (this run dir's, else the newest unfinished run's)
+    checkpoint_every_n_steps: int | None = None  # also save last.pt every N steps; resume continues mid-epoch
+    sync_batchnorm: bool = False  # under torchrun: BatchNorm becomes SyncBatchNorm (CUDA only)
+
+
+@dataclass
+class TrainConfig:
+    """cnn-train: the groups of configs/train.yaml's defaults list, and two top-level keys."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    optimizer: dict[str, Any] = MISSING  # _target_ + _partial_: its keys are the optimizer's arguments
+    scheduler: dict[str, Any] = MISSING  # _target_ + _partial_: a schedule in cnn_train.schedules
+    augmentation: dict[str, Any] = MISSING  # _target_: a batched augmentation in cnn_train.data.transforms
+    logger: dict[str, Any] = MISSING  # _target_ + _partial_: a tracker in cnn_train.loggers
+    optimized_metric: str = "best_val_acc"  # the results.json value cnn-train returns (a sweeper maximizes)
+    output_root: str = "outputs"  # run dirs go here; cnn-predict and trainer.resume=auto search here
+
+
+@dataclass
+class PredictConfig:
+    """cnn-predict: classify images with a trained checkpoint; needs no training config."""
+
+    img: str = MISSING  # an image file, a folder (searched recursively) or a glob
+    ckpt: str | None = None  # checkpoint (or exported .onnx); null = the newest best.pt under output_root
+    topk: int = 5  # classes shown per image, capped at the class count
+    output: str | None = None  # also write rows to this .csv or .json file
+    save_annotated: bool = False  # also save each image titled with its class in <output>_annotated/
+    device: str = "auto"  # auto | cpu | cuda | mps
+    batch_size: int = 64  # images per forward pass
+    output_root: str = "outputs"  # where to look for the newest best.pt
+
+
+@dataclass
+class EvalConfig:
+    """cnn-eval: a checkpoint's accuracy, per-class table, confusion matrix and misclassified images."""
+
+    data: DataConfig | None = None  # null = the data the checkpoint was trained on; or data=<choice>
+    ckpt: str | None = None  # checkpoint; null = the newest best.pt under output_root
+    split: str = "test"  # test | val
+    output_dir: str | None = None  # where eval.json and the PNGs go; null = <checkpoint dir>/eval
+    device: str = "auto"  # auto | cpu | cuda | mps
+    batch_size: int | None = None  # images per forward pass; null = the batch size it was trained with
+    limit_batches: int | None = None  # evaluate at most this many batches
+    tta: bool = False  # flip test-time augmentation: average the image's and its mirror's probabilities
+    output_root: str = "outputs"  # where to look for the newest best.pt
+
+
+@dataclass
+class ExportConfig:
+    """cnn-export: a checkpoint as ONNX (dynamic batch) or TorchScript, checked against PyTorch."""
+
+    ckpt: str | None = None  # the checkpoint to export (required)
+    format: str = "onnx"  # onnx | torchscript
+    output: str | None = None  # file to write; null = next to the checkpoint (.onnx / .ts)
+    tolerance: float = 1.0e-3  # fail when outputs differ from PyTorch by more than this
+
+
+@dataclass
+class SummaryConfig:
+    """cnn-summary: every layer of a model at the input its data gives it."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    json: str | None = None  # also write the summary to this .json file (--json prints it instead)
+
+
+SCHEMAS = {
+    "train_schema": TrainConfig,
+    "predict_schema": PredictConfig,
+    "eval_schema": EvalConfig,
+    "export_schema": ExportConfig,
+    "summary_schema": SummaryConfig,
+}
+
+
+def register_schemas() -> None:
+    """Put the schemas in Hydra's ConfigStore, where the primary YAMLs' defaults lists find them by name."""
+    store = ConfigStore.instance()
+    for name, schema in SCHEMAS.items():
+        store.store(name=name, node=schema)
+
+
+def with_defaults(schema: type, stored: Mapping[str, Any]) -> DictConfig:
+    """A stored config section (a checkpoint's) with the declared default of every key it lacks.
+
+    Keys the schema no longer declares are dropped, so a checkpoint written by an older version still reads.
+    """
+    names = {f.name for f in dataclasses.fields(schema)}
+    return OmegaConf.merge(OmegaConf.structured(schema), {k: v for k, v in stored.items() if k in names})
