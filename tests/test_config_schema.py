@@ -1,14 +1,78 @@
-"""The typed config: one declaration per key, with its type and default."""
+"""The typed config: a wrong type or an unknown key ends as one line naming the key, exit status 2."""
 
 from __future__ import annotations
 
-from cnn_train.config import DataConfig, TrainerConfig, with_defaults
-from tests.conftest import make_config
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+
+from cnn_train.cli import config_error
+from cnn_train.config import DataConfig, TrainerConfig, check_declared_keys, with_defaults
+from cnn_train.errors import UserError
+from tests.conftest import CONFIGS, make_config
+
+BIN = Path(sys.executable).parent
+
+# (console script, arguments, the key its one error line starts with)
+WRONG = [
+    ("cnn-train", ["trainer.max_epochs=abc"], "trainer.max_epochs"),
+    ("cnn-train", ["data.batch_size=1.5"], "data.batch_size"),
+    ("cnn-train", ["trainer.foo=1"], "trainer.foo"),
+    ("cnn-train", ["+trainer.foo=1"], "trainer.foo"),  # composes (+ lifts the struct flag), then fails
+    ("cnn-train", ["optimizer.betaz=1"], "optimizer.betaz"),
+    ("cnn-train", ["data=image_folder"], "data.root"),  # root: ??? left unset
+    ("cnn-predict", ["img=shirt.png", "topk=abc"], "topk"),
+    ("cnn-eval", ["batch_size=1.5"], "batch_size"),
+    ("cnn-export", ["tolerance=abc"], "tolerance"),
+    ("cnn-summary", ["data.channels=x"], "data.channels"),
+]
+
+
+@pytest.mark.parametrize("tool,args,key", WRONG, ids=[f"{t} {' '.join(a)}" for t, a, _ in WRONG])
+def test_wrong_config_is_one_line_naming_the_key(
+    tool: str, args: list[str], key: str, tmp_path: Path
+) -> None:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}  # the user's setting must not bring Hydra's report back
+    proc = subprocess.run(
+        [str(BIN / tool), *args], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"error: {key}: "), proc.stderr
 
 
 def test_sync_batchnorm_is_declared() -> None:
     assert make_config().trainer.sync_batchnorm is False
     assert make_config("trainer.sync_batchnorm=true").trainer.sync_batchnorm is True
+
+
+def test_added_key_is_refused_where_it_lands() -> None:
+    check_declared_keys(make_config("model=alexnet", "+model.args.width=3"))  # args are the model's own
+    with pytest.raises(UserError, match=r"^trainer\.foo: not a key of trainer \(it has max_epochs, "):
+        check_declared_keys(make_config("+trainer.foo=1"))
+    with pytest.raises(UserError, match=r"^colour: not a key of the config "):
+        check_declared_keys(make_config("img=x", "+colour=1", config_name="predict"))
+
+
+def test_typo_in_a_yaml_names_the_key_and_the_file(tmp_path: Path) -> None:
+    configs = tmp_path / "configs"
+    shutil.copytree(CONFIGS, configs)
+    recipe = configs / "experiment" / "lenet_fashion_mnist.yaml"
+    recipe.write_text(recipe.read_text().replace("  max_epochs: 10", "  max_epoch: 10"))
+    with (
+        initialize_config_dir(config_dir=str(configs), version_base="1.3"),
+        pytest.raises(ConfigCompositionException) as e,
+    ):
+        compose(config_name="train", overrides=["experiment=lenet_fashion_mnist"])
+    line = config_error(e.value)
+    assert line.startswith("trainer.max_epoch: not a key of trainer (it has max_epochs, ")
+    assert line.endswith("(in experiment/lenet_fashion_mnist.yaml)")
 
 
 def test_a_checkpoint_config_gets_the_declared_defaults() -> None:

@@ -1,26 +1,40 @@
 """Console entry points; the only module that knows Hydra's globals (run dir, run mode).
 
-User errors (`UserError`) become one line on stderr and exit status 2; programming errors keep their
-traceback.
+User errors (`UserError`, and a config Hydra could not compose: a wrong type, an unknown key or choice) become
+one line on stderr and exit status 2; programming errors keep their traceback.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
+import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import hydra
+import yaml
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    InterpolationResolutionError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+)
 from rich.console import Console, Group
+from rich.markup import escape
 from rich.table import Table
 
 from cnn_train import files, plots
-from cnn_train.config import register_schemas
+from cnn_train.config import check_declared_keys, register_schemas, unknown_key
 from cnn_train.data.datasets import describe
 from cnn_train.distributed import world_from_env
 from cnn_train.errors import UserError
@@ -36,6 +50,11 @@ from cnn_train.train import fit
 log = logging.getLogger("cnn_train")
 console = Console(stderr=True, soft_wrap=True)
 register_schemas()  # before any primary YAML names them in its defaults list
+# A config value the user left unset (`???`) or pointed at nothing (`${nope}`) raises when it is read.
+VALUE_ERRORS = (MissingMandatoryValue, InterpolationResolutionError)
+USER_ERRORS = (UserError, *VALUE_ERRORS)
+# What Hydra raises (with HYDRA_FULL_ERROR=1, instead of printing it) for a config it could not compose.
+CONFIG_ERRORS = (ConfigCompositionException, OverrideParseException, yaml.YAMLError, *VALUE_ERRORS)
 
 
 def _config_dir() -> str:
@@ -44,8 +63,55 @@ def _config_dir() -> str:
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     sys.exit(2)
+
+
+def _run(app: Callable[[], Any]) -> None:
+    """Run a @hydra.main app; a config the user got wrong ends as one line naming the key, exit status 2."""
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing its own multi-line report
+    try:
+        app()
+    except CONFIG_ERRORS as e:
+        _fail(config_error(e))
+
+
+def user_error(e: Exception) -> str:
+    """The one line for a user error raised while a command runs."""
+    return str(e) if isinstance(e, UserError) else config_error(e)
+
+
+def config_error(e: Exception) -> str:
+    """`<full key>: <short reason>` for a config that did not compose or left a `???` unset."""
+    if isinstance(e, OverrideParseException):
+        reason = str(e).splitlines()[0]
+        reason = "not valid override syntax" if e.override in reason else reason
+        return f"{e.override}: {reason}; see https://hydra.cc/docs/advanced/override_grammar/basic"
+    if isinstance(e, MissingConfigException) and e.missing_cfg_file and e.options is not None:
+        group, _, choice = e.missing_cfg_file.rpartition("/")
+        return f"{group}: no choice {choice!r} (choose {', '.join(e.options)})"
+    if isinstance(e, yaml.MarkedYAMLError) and e.problem_mark is not None:
+        return f"{e.problem_mark.name}:{e.problem_mark.line + 1}: {e.problem}"
+    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    source = re.match(r"In '([^']+)': ", first)  # Hydra names the config file a merge failed in
+    cause = e if isinstance(e, OmegaConfBaseException) else e.__cause__ or e.__context__
+    if not isinstance(cause, OmegaConfBaseException) or not cause.full_key:
+        taken = re.search(r"An item is already at '([^']+)'", first)  # +key=value for a key the config has
+        return f"{taken.group(1)}: already in the config; set it without the +" if taken else first
+    return _omegaconf_error(cause) + (f" (in {source.group(1)}.yaml)" if source else "")
+
+
+def _omegaconf_error(e: OmegaConfBaseException) -> str:
+    key, parent = e.full_key, e.parent_node
+    if isinstance(e, (ConfigAttributeError, ConfigKeyError)) and isinstance(parent, DictConfig):
+        schema = OmegaConf.get_type(parent)
+        if dataclasses.is_dataclass(schema):
+            return unknown_key(key, [f.name for f in dataclasses.fields(schema)])
+        return f"{unknown_key(key, [str(k) for k in parent])}; +{key}=... adds it"
+    if isinstance(e, MissingMandatoryValue):
+        return f"{key}: no value given (???); set it, e.g. {key}=..."
+    reason = (getattr(e, "msg", None) or str(e)).splitlines()[0]
+    return f"{key}: {reason[:1].lower()}{reason[1:]}"
 
 
 def _checkpoint_arg(cfg: DictConfig) -> Path:
@@ -73,8 +139,9 @@ def train_task(cfg: DictConfig) -> float | None:
     main = world_from_env().is_main
     if not main:  # under torchrun rank 0 speaks for the run
         log.setLevel(logging.WARNING)
-    log.debug("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
     try:
+        check_declared_keys(cfg)
+        log.debug("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
         results = fit(cfg, run_dir)
     except Interrupted as e:
         keep = [o for o in hc.overrides.task if not o.startswith(("trainer.resume=", "hydra.run.dir="))]
@@ -82,12 +149,12 @@ def train_task(cfg: DictConfig) -> float | None:
         if main:
             console.print(f"stopped by {e}\nresume with: {again}", highlight=False)
         sys.exit(128 + e.signum)
-    except UserError as e:
+    except USER_ERRORS as e:
         if hc.mode == RunMode.MULTIRUN:  # one bad job must not end the sweep: it is recorded as failed
-            log.error("job failed: %s", e)
-            files.write_text(run_dir / "error.txt", f"{e}\n")
+            log.error("job failed: %s", user_error(e))
+            files.write_text(run_dir / "error.txt", f"{user_error(e)}\n")
             return None  # not a number: an Optuna sweeper records the trial as failed and goes on
-        _fail(str(e))
+        _fail(user_error(e))
         return None
     if main:
         console.print(_results_table(results, run_dir))
@@ -100,6 +167,7 @@ _train = hydra.main(version_base="1.3", config_path=_config_dir(), config_name="
 @hydra.main(version_base="1.3", config_path=_config_dir(), config_name="predict")
 def _predict(cfg: DictConfig) -> None:
     try:
+        check_declared_keys(cfg)
         if OmegaConf.is_missing(cfg, "img"):
             raise UserError("img: give an image file, a folder or a glob, e.g. img=photo.jpg")
         ckpt = _checkpoint_arg(cfg)
@@ -118,8 +186,8 @@ def _predict(cfg: DictConfig) -> None:
                 )  # numbered: names repeat across folders
                 plots.plot_annotated(row.path, f"class: {name} prob: {prob:.3f}", target)
             console.print(f"wrote {len(rows)} annotated images to {folder}", highlight=False)
-    except UserError as e:
-        _fail(str(e))
+    except USER_ERRORS as e:
+        _fail(user_error(e))
         return
     out = Console()
     for row in rows:
@@ -136,6 +204,7 @@ def _predict(cfg: DictConfig) -> None:
 @hydra.main(version_base="1.3", config_path=_config_dir(), config_name="summary")
 def _summary(cfg: DictConfig) -> None:
     try:
+        check_declared_keys(cfg)
         channels, num_classes, native = describe(cfg.data.name, cfg.data.root, cfg.data.channels)
         size = cfg.data.image_size or cfg.model.image_size or native
         if size is None:
@@ -147,8 +216,8 @@ def _summary(cfg: DictConfig) -> None:
         report = summarize(model, channels, size)
         if cfg.json:
             files.write_json(cfg.json, {"model": cfg.model.name, **report})
-    except UserError as e:
-        _fail(str(e))
+    except USER_ERRORS as e:
+        _fail(user_error(e))
         return
     if _SUMMARY_JSON_TO_STDOUT:
         print(json.dumps({"model": cfg.model.name, **report}, indent=2))
@@ -159,19 +228,20 @@ def _summary(cfg: DictConfig) -> None:
 @hydra.main(version_base="1.3", config_path=_config_dir(), config_name="eval")
 def _eval(cfg: DictConfig) -> None:
     try:
+        check_declared_keys(cfg)
         if cfg.split not in ("test", "val"):
             raise UserError(f"split: {cfg.split!r} is not test or val")
         ckpt = _checkpoint_arg(cfg)
         out_dir = Path(cfg.output_dir) if cfg.output_dir else ckpt.parent / "eval"
         data = None  # the checkpoint's own
         if cfg.data is not None:
-            data = OmegaConf.to_container(cfg.data, resolve=True)
+            data = OmegaConf.to_container(cfg.data, resolve=True, throw_on_missing=True)
         device = pick_device(cfg.device)
         report = evaluate_checkpoint(
             ckpt, out_dir, data, cfg.split, device, cfg.batch_size, cfg.limit_batches, tta=bool(cfg.tta)
         )
-    except UserError as e:
-        _fail(str(e))
+    except USER_ERRORS as e:
+        _fail(user_error(e))
         return
     table = Table(title=f"{report['data']} {report['split']}: accuracy {report['accuracy']:.4f}, "
                   f"top-5 {report['top5_accuracy']:.4f} ({report['images']} images)")  # fmt: skip
@@ -188,11 +258,12 @@ def _eval(cfg: DictConfig) -> None:
 @hydra.main(version_base="1.3", config_path=_config_dir(), config_name="export")
 def _export(cfg: DictConfig) -> None:
     try:
+        check_declared_keys(cfg)
         if not cfg.ckpt:
             raise UserError("ckpt: give the checkpoint to export, e.g. ckpt=outputs/.../best.pt")
         path, diff = export(Path(cfg.ckpt).expanduser(), str(cfg.format), cfg.output, float(cfg.tolerance))
-    except UserError as e:
-        _fail(str(e))
+    except USER_ERRORS as e:
+        _fail(user_error(e))
         return
     console.print(f"wrote {path}; max |difference| from PyTorch on a real batch: {diff:.2e}", highlight=False)
 
@@ -243,27 +314,27 @@ def summary_main() -> None:
     if "--json" in sys.argv:
         sys.argv.remove("--json")
         _SUMMARY_JSON_TO_STDOUT = True
-    _summary()
+    _run(_summary)
 
 
 def eval_main() -> None:
     """`cnn-eval ckpt=... [data=...]`: evaluate a checkpoint."""
-    _eval()
+    _run(_eval)
 
 
 def export_main() -> None:
     """`cnn-export ckpt=... format=onnx|torchscript`: export a checkpoint and check it."""
-    _export()
+    _run(_export)
 
 
 def train_main() -> None:
     """`cnn-train`: train one run, or a sweep with -m."""
-    _train()
+    _run(_train)
 
 
 def predict_main() -> None:
     """`cnn-predict`: classify images with a checkpoint."""
-    _predict()
+    _run(_predict)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from cnn_train.errors import UserError
+
 
 @dataclass
 class ModelConfig:
@@ -141,6 +143,34 @@ def register_schemas() -> None:
     store = ConfigStore.instance()
     for name, schema in SCHEMAS.items():
         store.store(name=name, node=schema)
+
+
+def check_declared_keys(cfg: DictConfig, prefix: str = "") -> None:
+    """Fail, naming the key, on a key no schema declares.
+
+    Merging a YAML or a `key=value` onto a typed node already refuses unknown keys; `+key=value` does not
+    (Hydra lifts the struct flag to append), so every console script checks the composed config once more.
+
+    Raises:
+        UserError: `<full key>: not a key of ...`.
+    """
+    schema = OmegaConf.get_type(cfg)
+    if not dataclasses.is_dataclass(schema):
+        return  # an untyped node: model.args, a _target_ group
+    declared = [f.name for f in dataclasses.fields(schema)]
+    for key in cfg:
+        full = f"{prefix}{key}"
+        if key not in declared:
+            raise UserError(unknown_key(full, declared))
+        node = cfg._get_node(key)
+        if isinstance(node, DictConfig) and not node._is_none() and not node._is_missing():
+            check_declared_keys(node, f"{full}.")
+
+
+def unknown_key(full_key: str, declared: list[str]) -> str:
+    """The one line for a key the schema lacks, listing the keys it has."""
+    parent = full_key.rpartition(".")[0] or "the config"
+    return f"{full_key}: not a key of {parent} (it has {', '.join(declared)})"
 
 
 def with_defaults(schema: type, stored: Mapping[str, Any]) -> DictConfig:
