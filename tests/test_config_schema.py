@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
 from cnn_train.cli import config_error
-from cnn_train.config import DataConfig, TrainerConfig, check_declared_keys, with_defaults
+from cnn_train.config import DataConfig, TrainerConfig, check_declared_keys, check_target_keys, with_defaults
 from cnn_train.errors import UserError
 from tests.conftest import CONFIGS, make_config
 
@@ -81,3 +81,31 @@ def test_a_checkpoint_config_gets_the_declared_defaults() -> None:
     assert (data.channels, data.val_split, data.batch_size) == (3, 0.2, DataConfig.batch_size)
     assert "retired" not in data
     assert with_defaults(TrainerConfig, {"max_epochs": 3}).seed == TrainerConfig.seed
+
+
+TARGET_GROUPS = ["optimizer", "scheduler", "augmentation", "logger"]
+RECIPES = [
+    f"{g}={p.stem}" for g in [*TARGET_GROUPS, "experiment"] for p in sorted((CONFIGS / g).glob("*.yaml"))
+]
+
+
+@pytest.mark.parametrize("recipe", [*RECIPES, "model=alexnet"])  # alexnet: with its model_data defaults
+def test_every_target_key_in_the_configs_is_an_argument(recipe: str) -> None:
+    cfg = make_config(recipe)
+    for group in TARGET_GROUPS:
+        check_target_keys(cfg[group], group)
+
+
+def test_unknown_target_key_is_one_line_naming_it() -> None:
+    cfg = make_config("+optimizer.betaz=[0.9,0.99]")
+    with pytest.raises(
+        UserError, match=r"^optimizer\.betaz: not an argument of torch\.optim\.Adam \(it takes params, lr,"
+    ):
+        check_target_keys(cfg.optimizer, "optimizer")
+    cfg = make_config("+scheduler.warmup=2")
+    with pytest.raises(
+        UserError, match=r"^scheduler\.warmup: not an argument of cnn_train\.schedules\.cosine"
+    ):
+        check_target_keys(cfg.scheduler, "scheduler")
+    with pytest.raises(UserError, match=r"^optimizer\._target_: cannot import torch\.optim\.Adamm "):
+        check_target_keys(make_config("optimizer._target_=torch.optim.Adamm").optimizer, "optimizer")

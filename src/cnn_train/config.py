@@ -4,17 +4,19 @@ The primary YAMLs (configs/train.yaml, ...) put these schemas first in their def
 choice (configs/model/*.yaml, ...) is merged onto a typed node: a wrong type or an unknown key fails while
 Hydra composes the config, naming the key. The defaults live here; a choice file sets only what differs.
 The `_target_` groups (optimizer, scheduler, augmentation, logger) stay untyped: their keys are their
-constructors' arguments.
+constructors' arguments, checked against the target's signature by `check_target_keys`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from hydra.utils import get_object
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from cnn_train.errors import UserError
@@ -156,7 +158,7 @@ def check_declared_keys(cfg: DictConfig, prefix: str = "") -> None:
     """
     schema = OmegaConf.get_type(cfg)
     if not dataclasses.is_dataclass(schema):
-        return  # an untyped node: model.args, a _target_ group
+        return  # an untyped node: model.args, a _target_ group (see check_target_keys)
     declared = [f.name for f in dataclasses.fields(schema)]
     for key in cfg:
         full = f"{prefix}{key}"
@@ -180,3 +182,36 @@ def with_defaults(schema: type, stored: Mapping[str, Any]) -> DictConfig:
     """
     names = {f.name for f in dataclasses.fields(schema)}
     return OmegaConf.merge(OmegaConf.structured(schema), {k: v for k, v in stored.items() if k in names})
+
+
+def check_target_keys(node: Any, key_prefix: str) -> None:
+    """Fail, naming the key, when a `_target_` node has a key its target does not take as an argument.
+
+    Keys starting with `_` are Hydra's own (`_target_`, `_partial_`, ...). A target that takes `**kwargs`
+    accepts any key.
+
+    Args:
+        node: the config node, e.g. `cfg.optimizer`.
+        key_prefix: its full key, e.g. `optimizer`, for the message.
+
+    Raises:
+        UserError: `<key_prefix>.<key>: ...` for an unknown key or a target that cannot be imported.
+    """
+    if "_target_" not in node:
+        raise UserError(f"{key_prefix}._target_: missing (the class or function to build)")
+    path = str(node["_target_"])
+    try:
+        target = get_object(path)
+    except Exception as e:  # hydra reports every import failure as one exception type or another
+        raise UserError(f"{key_prefix}._target_: cannot import {path} ({str(e).splitlines()[0]})") from e
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: nothing to check against
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    takes = [n for n, p in params.items() if p.kind in named]
+    for key in node:
+        if not str(key).startswith("_") and key not in takes:
+            raise UserError(f"{key_prefix}.{key}: not an argument of {path} (it takes {', '.join(takes)})")
