@@ -28,11 +28,13 @@ TINY = [
 ]
 
 
-def make_config(*overrides: str, config_name: str = "train") -> DictConfig:
+def make_config(*overrides: str, config_name: str = "train", return_hydra_config: bool = False) -> DictConfig:
     """Compose the real configs the way the CLI does."""
     register_schemas()
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose(config_name=config_name, overrides=list(overrides))
+        return compose(
+            config_name=config_name, overrides=list(overrides), return_hydra_config=return_hydra_config
+        )
 
 
 @pytest.fixture(scope="session")
