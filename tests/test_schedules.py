@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 from functools import partial
+from typing import Any
 
 import pytest
 import torch
@@ -19,17 +21,24 @@ def sgd(lr: float = BASE) -> torch.optim.Optimizer:
     return torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=lr, momentum=0.9)
 
 
-def run(schedule: Schedule, steps: int, metrics: list[dict[str, float]] | None = None) -> list[float]:
-    """The lr each of the next `steps` optimizer steps uses; `metrics[e]` ends epoch e (for plateau)."""
-    opt, lrs = schedule.optimizer, []
+def trace(
+    schedule: Schedule, steps: int, metrics: list[dict[str, float]] | None = None
+) -> list[tuple[float, float]]:
+    """(lr, momentum) of each of the next `steps` optimizer steps; `metrics[e]` ends epoch e+1 (plateau)."""
+    opt, seen = schedule.optimizer, []
     for _ in range(steps):
-        lrs.append(opt.param_groups[0]["lr"])
+        seen.append((opt.param_groups[0]["lr"], opt.param_groups[0]["momentum"]))
         opt.step()
         schedule.after_step()
         epoch, rest = divmod(schedule.steps_done, schedule.steps_per_epoch)
         if metrics is not None and rest == 0:
             schedule.after_epoch(metrics[epoch - 1])
-    return lrs
+    return seen
+
+
+def run(schedule: Schedule, steps: int, metrics: list[dict[str, float]] | None = None) -> list[float]:
+    """The lr each of the next `steps` optimizer steps uses."""
+    return [lr for lr, _ in trace(schedule, steps, metrics)]
 
 
 def test_cosine_warms_up_linearly_then_decays_to_its_floor() -> None:
@@ -97,3 +106,51 @@ def test_plateau_on_val_acc_wants_it_to_rise() -> None:
 def test_plateau_rejects_an_unknown_metric() -> None:
     with pytest.raises(UserError, match="scheduler.monitor"):
         Schedule(partial(schedules.plateau, monitor="train_loss"), sgd(), 10, 2)
+
+
+# Every schedule, with options that make it move within 24 steps of 4 per epoch.
+KINDS = {
+    "cosine": partial(schedules.cosine, warmup_epochs=1.5, min_lr_ratio=0.2),
+    "onecycle": partial(schedules.onecycle, pct_start=0.25),
+    "step": partial(schedules.step, step_epochs=2, gamma=0.5),
+    "constant": schedules.constant,
+    "plateau": partial(schedules.plateau, monitor="val_loss", factor=0.5, patience=1),
+}
+# Epochs 2 and 3 stall: a plateau saved mid-epoch 3 must remember epoch 2 to cut after epoch 3.
+LOSSES = [{"val_loss": v, "val_acc": 0.0} for v in [1.0, 1.0, 1.0, 0.5, 0.5, 0.5]]
+
+
+def saved(optimizer: torch.optim.Optimizer, schedule: Schedule) -> dict[str, Any]:
+    """What last.pt keeps of them, after a trip through torch.save and a weights-only load."""
+    buffer = io.BytesIO()
+    torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def resumed(factory: Any, state: dict[str, Any], total_steps: int, steps_per_epoch: int) -> Schedule:
+    """A new optimizer and Schedule loaded the way the trainer resumes: optimizer first."""
+    optimizer = sgd()
+    schedule = Schedule(factory, optimizer, total_steps, steps_per_epoch)
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    return schedule
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_state_dict_round_trips_through_a_weights_only_load(kind: str) -> None:
+    schedule = Schedule(KINDS[kind], sgd(), 24, 4)
+    trace(schedule, 10, LOSSES)
+    assert saved(schedule.optimizer, schedule)["schedule"] == schedule.state_dict()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_resume_at_the_same_length_is_identical_to_an_uninterrupted_run(kind: str) -> None:
+    whole = trace(Schedule(KINDS[kind], sgd(), 24, 4), 24, LOSSES)
+    first = Schedule(KINDS[kind], sgd(), 24, 4)
+    head = trace(first, 10, LOSSES)  # stops mid-epoch 3
+    again = resumed(KINDS[kind], saved(first.optimizer, first), 24, 4)
+    assert again.steps_done == 10
+    tail = trace(again, 14, LOSSES)
+    assert head + tail == whole
+    assert len(set(whole)) > 1 or kind == "constant"
