@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from functools import partial
 from typing import Any
 
@@ -154,3 +155,42 @@ def test_resume_at_the_same_length_is_identical_to_an_uninterrupted_run(kind: st
     tail = trace(again, 14, LOSSES)
     assert head + tail == whole
     assert len(set(whole)) > 1 or kind == "constant"
+
+
+# 5 steps an epoch: cosine's quarter-run cap gives a 2-step warm-up in 10 steps and a 5-step one in 20.
+LONGER = {
+    "onecycle": partial(schedules.onecycle, pct_start=0.25),
+    "cosine": partial(schedules.cosine, warmup_epochs=1.0, min_lr_ratio=0.2),
+    "step": partial(schedules.step, step_epochs=1, gamma=0.5),
+}
+
+
+@pytest.mark.parametrize("at", [10, 7])
+@pytest.mark.parametrize("kind", LONGER)
+def test_resume_into_a_longer_run_follows_the_longer_schedule(kind: str, at: int) -> None:
+    fresh = trace(Schedule(LONGER[kind], sgd(), 20, 5), 20)
+    short = Schedule(LONGER[kind], sgd(), 10, 5)
+    trace(short, at)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the fast-forward steps no optimizer, and must not say so
+        longer = resumed(LONGER[kind], saved(short.optimizer, short), 20, 5)
+    assert longer.steps_done == at
+    tail = trace(longer, 20 - at)
+    assert [lr for lr, _ in tail] == [lr for lr, _ in fresh[at:]]  # exactly
+    assert [m for _, m in tail] == [m for _, m in fresh[at:]]  # onecycle cycles SGD's momentum
+    assert len({m for _, m in tail}) > 1 or kind != "onecycle"
+
+
+def test_resume_into_a_longer_run_keeps_plateau_cuts_and_patience() -> None:
+    losses = [{"val_loss": 1.0, "val_acc": 0.0}] * 6  # never improves: a cut after epochs 3 and 5
+    short = Schedule(KINDS["plateau"], sgd(), 12, 4)
+    assert run(short, 12, losses) == [BASE] * 12
+    longer = resumed(KINDS["plateau"], saved(short.optimizer, short), 24, 4)
+    assert run(longer, 12, losses) == [BASE * 0.5] * 8 + [BASE * 0.25] * 4
+
+
+def test_resume_into_a_shorter_run_does_not_fail() -> None:
+    long = Schedule(KINDS["onecycle"], sgd(), 20, 4)
+    trace(long, 12)
+    short = resumed(KINDS["onecycle"], saved(long.optimizer, long), 8, 4)
+    assert short.steps_done == 12  # the loop has no epoch left to run

@@ -4,11 +4,16 @@ Each factory takes `(optimizer, total_steps, steps_per_epoch, **options)`; confi
 with `_target_` and `_partial_: true`, and `Schedule` supplies the step counts. All but `plateau` move once
 per batch, so short and long runs share one code path; `plateau` watches a validation metric, so it moves
 once per epoch.
+
+`Schedule` exists for resuming: a run resumed with a larger `trainer.max_epochs` must not load the old
+schedule (OneCycleLR's state holds its length, cosine's shape depends on it), so it rebuilds the schedule for
+the new length and fast-forwards it to the saved step.
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -129,6 +134,10 @@ class Schedule:
         self.factory, self.optimizer = factory, optimizer
         self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
         self.steps_done = 0
+        # The hyperparameters before any scheduler touched them: a resumed longer run restarts from here.
+        self._start = [
+            {k: copy.deepcopy(v) for k, v in g.items() if k != "params"} for g in optimizer.param_groups
+        ]
         self.scheduler = self._build()
 
     def _build(self) -> LRScheduler:
@@ -158,7 +167,20 @@ class Schedule:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue a saved schedule; call after `optimizer.load_state_dict`.
 
-        The run continues exactly where it stopped.
+        A run of the saved length continues exactly where it stopped. A run of another length (a larger
+        `trainer.max_epochs`) gets this length's schedule at the saved step: the saved one would end too
+        early, and OneCycleLR refuses to step past its end. `plateau` has no length and always continues.
         """
         self.steps_done = state["steps_done"]
-        self.scheduler.load_state_dict(copy.deepcopy(state["scheduler"]))
+        if state["total_steps"] == self.total_steps or isinstance(self.scheduler, ReduceLROnPlateau):
+            self.scheduler.load_state_dict(copy.deepcopy(state["scheduler"]))
+            return
+        for group, start in zip(self.optimizer.param_groups, self._start, strict=True):
+            params = group["params"]
+            group.clear()
+            group.update(params=params, **copy.deepcopy(start))
+        self.scheduler = self._build()
+        with warnings.catch_warnings():  # no optimizer steps while fast-forwarding, and none are owed
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            for _ in range(min(self.steps_done, self.total_steps)):  # past the end only if the run shrank
+                self.scheduler.step()
