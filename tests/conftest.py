@@ -5,6 +5,9 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+import signal
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -120,3 +123,18 @@ def folder_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for i, (split, n) in enumerate((("train", 12), ("val", 4), ("test", 4))):
         write_folder(root / split, n, seed=i)
     return root
+
+
+def sigterm_after_first_save(run_dir: Path) -> threading.Thread:
+    """SIGTERM this process as soon as the run's first mid-epoch last.pt exists, as a cluster's notice would."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + 300
+        while not (run_dir / "last.pt").exists() and time.monotonic() < deadline:
+            time.sleep(0.002)
+        if (run_dir / "last.pt").exists():  # inside fit: its StopRequests turns the signal into a clean stop
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread

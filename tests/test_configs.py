@@ -7,6 +7,7 @@ import torch
 from hydra.utils import instantiate
 
 from cnn_train.models import list_models
+from cnn_train.schedules import Schedule
 from tests.conftest import CONFIGS, make_config
 
 GROUPS = ["model", "data", "optimizer", "scheduler", "augmentation", "trainer", "experiment", "debug"]
@@ -31,16 +32,20 @@ def test_model_config_names_match_registry() -> None:
 @pytest.mark.parametrize("scheduler", [p.stem for p in (CONFIGS / "scheduler").glob("*.yaml")])
 def test_optimizer_and_scheduler_instantiate(optimizer: str, scheduler: str) -> None:
     cfg = make_config(f"optimizer={optimizer}", f"scheduler={scheduler}")
-    params = [torch.nn.Parameter(torch.ones(3))]
-    opt = instantiate(cfg.optimizer)(params=params)
-    sched = instantiate(cfg.scheduler)(opt, total_steps=100, steps_per_epoch=10)
+    opt = instantiate(cfg.optimizer)(params=[torch.nn.Parameter(torch.ones(3))])
+    # 50 epochs of 2 steps: long enough for step's default 30-epoch drop; the loss never improves.
+    schedule = Schedule(instantiate(cfg.scheduler), opt, total_steps=100, steps_per_epoch=2)
     lrs = []
-    for _ in range(100):
-        opt.step()
-        sched.step()
+    for s in range(100):
         lrs.append(opt.param_groups[0]["lr"])
-    assert all(lr >= 0 for lr in lrs)
-    assert max(lrs) <= cfg.optimizer.lr * 1.0001
+        opt.step()
+        schedule.after_step()
+        if s % 2 == 1:
+            schedule.after_epoch({"val_loss": 1.0, "val_acc": 0.5})
+    assert schedule.steps_done == 100
+    assert all(0 < lr <= cfg.optimizer.lr * (1 + 1e-9) for lr in lrs[:-1])
+    assert 0 <= lrs[-1] < cfg.optimizer.lr or scheduler == "none"  # cosine may end at exactly 0
+    assert min(lrs) < max(lrs) or (scheduler == "none" and lrs == [cfg.optimizer.lr] * 100)
 
 
 @pytest.mark.parametrize("option", [p.stem for p in (CONFIGS / "augmentation").glob("*.yaml")])

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cnn_train.data.datasets import load_dataset, read_idx
+from cnn_train.data.datasets import TensorSplit, load_dataset, read_idx
+from cnn_train.data.loaders import Batches
 from cnn_train.data.transforms import EvalTransform, RandomCropFlip, load_image, read_image_tensor
 from cnn_train.errors import UserError
 from tests.conftest import CIFAR_CLASSES, write_idx
@@ -125,3 +126,24 @@ def test_random_crop_is_a_shifted_window() -> None:
         # every kept pixel comes from the same image, and pixels keep their row-major order
         assert set(nonzero.tolist()) <= set(x[i, 0].flatten().tolist())
         assert torch.all(nonzero.diff() > 0)
+
+
+@pytest.mark.parametrize("n,world", [(6, 4), (3, 4), (3, 2)])
+def test_every_rank_gets_images_for_every_training_step(n: int, world: int) -> None:
+    """One global batch of 8 over `world` ranks: an empty shard would leave the others waiting in DDP's all-reduce."""
+    split = TensorSplit(
+        torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 4, 4), torch.arange(n)
+    )
+    spec = EvalTransform(4, 1, (0.5,), (0.5,))
+    shards = [
+        list(Batches(split, spec, 8, torch.device("cpu"), shuffle=True, drop_last=True,
+                     generator=torch.Generator().manual_seed(0), shard=(rank, world)))
+        for rank in range(world)
+    ]  # fmt: skip
+    steps = {len(s) for s in shards}
+    assert len(steps) == 1  # every rank takes the same number of steps
+    if n >= world:
+        assert steps == {1} and all(len(y) > 0 for s in shards for _, y in s)
+        assert sorted(int(v) for s in shards for _, y in s for v in y) == list(range(n))
+    else:
+        assert steps == {0}  # too few images to give each rank one: the step is skipped by all

@@ -74,12 +74,13 @@ def test_per_class_metrics_by_hand() -> None:
 
 def test_cnn_eval_matches_the_run_and_writes_figures(workdir: Path) -> None:  # noqa: F811
     run_dir = only_run(workdir)
-    # the run tested best.pt on 20 batches of 128: evaluating the same images must give the same accuracy
-    proc = run("cnn-eval", f"ckpt={run_dir / 'best.pt'}", "batch_size=128", "limit_batches=20", cwd=workdir)
+    # the run tested best.pt on 20 batches of 128 (its batch size, cnn-eval's default): the same accuracy
+    proc = run("cnn-eval", f"ckpt={run_dir / 'best.pt'}", "limit_batches=20", cwd=workdir)
     assert proc.returncode == 0, proc.stderr
     report = json.loads((run_dir / "eval" / "eval.json").read_text())
     results = json.loads((run_dir / "results.json").read_text())
-    assert report["images"] == 2560 and report["accuracy"] == pytest.approx(results["test_acc"], abs=1e-9)
+    assert report["images"] == 2560 and report["accuracy"] == results["test_acc"]
+    assert report["loss"] == results["test_loss"]
     assert report["accuracy"] <= report["top5_accuracy"] <= 1
     assert len(report["per_class"]) == 10 and sum(r["support"] for r in report["per_class"]) == 2560
     assert is_png(run_dir / "eval" / "confusion_matrix.png") and is_png(
@@ -93,3 +94,10 @@ def test_predict_save_annotated(workdir: Path) -> None:  # noqa: F811
     proc = run("cnn-predict", "img=grey.png", "output=out/p.csv", "save_annotated=true", cwd=workdir)
     assert proc.returncode == 0, proc.stderr
     assert is_png(workdir / "out" / "p_annotated" / "0000_grey.png")
+
+
+def test_cnn_eval_refuses_data_with_another_class_count(workdir: Path, folder_root: Path) -> None:  # noqa: F811
+    ckpt = only_run(workdir) / "best.pt"
+    proc = run("cnn-eval", f"ckpt={ckpt}", "data=image_folder", f"data.root={folder_root}", cwd=workdir)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: data: image_folder has 3 classes, the checkpoint 10"

@@ -13,8 +13,10 @@ import pytest
 import torch
 import yaml
 
+from cnn_train.engine import NonFiniteLoss
+from cnn_train.interrupts import Interrupted
 from cnn_train.train import fit
-from tests.conftest import make_config
+from tests.conftest import make_config, sigterm_after_first_save
 from tests.test_train import RUN_FILES, read_metrics
 
 SLICE = [
@@ -158,3 +160,30 @@ def test_mlflow_logger_is_read_back(fashion_root: Path, tmp_path: Path) -> None:
     ]
     assert [a.path for a in client.list_artifacts(run_id)] == ["best.pt"]
     assert list((tmp_path / "store" / "mlartifacts").rglob("best.pt"))  # beside the database, not in the cwd
+
+
+def test_trackers_are_closed_as_the_run_ended(fashion_root: Path, tmp_path: Path) -> None:
+    """NaN → MLflow FAILED, SIGTERM → KILLED; TensorBoard has its events and the status on disk either way."""
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    base = ["model=lenet", "trainer.limit_val_batches=2", "trainer.limit_test_batches=1"]
+    diverge = ["trainer.max_epochs=3", "trainer.limit_train_batches=10", "scheduler=step", "scheduler.step_epochs=1",
+               "scheduler.gamma=1e30"]  # fmt: skip
+    for logger in (["logger=mlflow", f"logger.tracking_uri={uri}"], ["logger=tensorboard"]):
+        with pytest.raises(NonFiniteLoss, match="at epoch 2"):
+            fit(make_config(*base, *diverge, *logger), tmp_path / f"nan_{logger[0][7:]}")
+    stop = ["trainer.max_epochs=1", "trainer.limit_train_batches=30", "trainer.checkpoint_every_n_steps=5"]
+    watcher = sigterm_after_first_save(tmp_path / "term")
+    with pytest.raises(Interrupted):
+        fit(make_config(*base, *stop, "logger=mlflow", f"logger.tracking_uri={uri}"), tmp_path / "term")
+    watcher.join()
+    client = MlflowClient(tracking_uri=uri)
+    status = {d: client.get_run((tmp_path / d / "mlflow_run_id").read_text().strip()).info.status
+              for d in ("nan_mlflow", "term")}  # fmt: skip
+    assert status == {"nan_mlflow": "FAILED", "term": "KILLED"}
+    events = EventAccumulator(str(tmp_path / "nan_tensorboard" / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("val_acc")] == [1]
+    assert events.Tensors("status/text_summary")[0].tensor_proto.string_val == [b"FAILED"]

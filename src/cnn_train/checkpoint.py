@@ -66,6 +66,13 @@ def restore_model(payload: dict[str, Any], source: str | Path = "checkpoint") ->
     return model
 
 
+def inference_model(
+    payload: dict[str, Any], device: torch.device, source: str | Path = "checkpoint"
+) -> nn.Module:
+    """The network as every inference pass runs it (engine.INFERENCE): rebuilt, fp32, contiguous, eval mode."""
+    return restore_model(payload, source).to(device).eval()
+
+
 def dataset(payload: dict[str, Any], data: dict[str, Any] | None = None) -> Dataset:
     """The checkpoint's own data (or `data`, a data config), split with the seed it was trained with."""
     cfg = with_defaults(DataConfig, data or payload["config"]["data"])

@@ -63,10 +63,6 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def is_main_process() -> bool:
-    return not active() or dist.get_rank() == 0
-
-
 def all_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum `t` over all processes, in place (a no-op for one process)."""
     if active():
@@ -80,6 +76,15 @@ def all_max(value: int, device: torch.device) -> int:
         return value
     t = torch.tensor([value], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def all_min(value: int, device: torch.device) -> int:
+    """The smallest `value` over all processes (e.g. whether every one of them has images for a step)."""
+    if not active():
+        return value
+    t = torch.tensor([value], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return int(t.item())
 
 

@@ -1,4 +1,10 @@
-"""The loops: train one epoch, evaluate, and the one `infer` that evaluation and prediction share."""
+"""The loops: one training step, one training epoch, evaluation, and the one `infer` everything shares.
+
+Training runs in the precision and memory format `trainer.precision` / `trainer.channels_last` chose for the
+machine. Inference does not: `infer` computes fp32 logits of a contiguous (NCHW) network, eagerly, on every
+device and for every caller (validation, the test pass, cnn-eval, cnn-predict, the export check), so the
+accuracy a run reports is the accuracy its saved weights give anyone who loads them, on any CPU.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -18,26 +24,30 @@ from cnn_train import distributed
 from cnn_train.data.transforms import Preprocess
 from cnn_train.errors import UserError
 
+# What every inference pass computes in; recorded in checkpoints and results.json.
+INFERENCE = {"precision": "32", "memory_format": "contiguous", "compiled": False}
+CHECK_EVERY = 50  # on accelerators, steps between looks at the loss (each look waits for the device)
+
 
 class NonFiniteLoss(UserError):
     """The loss became NaN or infinite; the run stops before the bad step touches the weights."""
 
 
+class Schedule(Protocol):
+    def after_step(self) -> None: ...
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """Autocast for `bf16` and `16-mixed`; plain fp32 for `32`."""
-    if precision in ("32", "32-true"):
+    if precision == "32":
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
 
 
-def _quiet() -> bool:
-    # Live bars only on a terminal, and only from rank 0; logs and CI get the one line per epoch fit() prints.
-    return not sys.stderr.isatty() or not distributed.is_main_process()
-
-
-def _bar(batches: Iterable, desc: str) -> Any:
-    return tqdm(batches, desc=desc, leave=False, dynamic_ncols=True, disable=_quiet())
+def show_bars(main: bool) -> bool:
+    """Live bars only on a terminal and only from the main process; logs and CI get one line per epoch."""
+    return main and sys.stderr.isatty()
 
 
 @dataclass
@@ -62,29 +72,101 @@ class EpochProgress:
         }
 
 
-def train_one_epoch(
-    model: nn.Module,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    preprocess: Preprocess,
-    augment: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    loss_fn: nn.Module,
-    precision: str,
-    progress: EpochProgress,
-    after_step: Callable[[int, Callable[[], EpochProgress]], None] | None = None,
-    total_steps: int | None = None,
-    scaler: torch.amp.GradScaler | None = None,
-) -> EpochProgress:
-    """Train over `batches`, continuing `progress`; metrics stay on the device until someone reads them.
+class FiniteGuard:
+    """Stops the run at a NaN/inf loss, naming the first bad step, before any checkpoint takes its weights.
 
-    `after_step(step, snapshot)` runs after every optimizer step; `snapshot()` syncs the running sums
-    (a mid-epoch checkpoint calls it, the plain loop never does). A non-finite loss stops the run: on the
-    CPU before its step, on an accelerator (where checking each step would stall the queue) at the next
-    snapshot or every 50 steps, naming the first bad step; either way before any checkpoint is written.
+    On the CPU each loss is looked at before its step; on an accelerator (where looking stalls the queue) the
+    first bad step is recorded on the device and checked every CHECK_EVERY steps and at every snapshot.
     """
-    model.train()
-    for m in model.modules():  # frozen BatchNorm keeps its running statistics (fine-tuning a backbone)
+
+    def __init__(self, epoch: int, device: torch.device) -> None:
+        self.epoch, self.eager = epoch, device.type == "cpu"
+        self.first_bad = torch.zeros((), device=device, dtype=torch.long)
+
+    def error(self, value: str, step: int) -> NonFiniteLoss:
+        return NonFiniteLoss(
+            f"loss became {value} at epoch {self.epoch}, step {step}; stopped before a checkpoint took those "
+            "weights, best.pt and last.pt keep the last good ones (try a lower optimizer.lr)"
+        )
+
+    def check(self, loss: torch.Tensor, step: int) -> None:
+        if self.eager:
+            if not torch.isfinite(loss):
+                raise self.error(str(loss.item()), step)
+            return
+        bad = (self.first_bad == 0) & ~torch.isfinite(loss.detach())
+        self.first_bad = torch.where(bad, step, self.first_bad)
+        if step % CHECK_EVERY == 0:
+            self.raise_recorded()
+
+    def raise_recorded(self) -> None:
+        if not self.eager and (bad := int(self.first_bad.item())):
+            raise self.error("non-finite", bad)
+
+
+class Meter:
+    """Running loss and accuracy sums, kept on the device until a snapshot reads them."""
+
+    def __init__(self, progress: EpochProgress, device: torch.device) -> None:
+        self.epoch, self.lr, self.step, self.seen = progress.epoch, progress.lr, progress.step, progress.seen
+        self.loss_sum = torch.tensor(progress.loss_sum, device=device)
+        self.correct = torch.tensor(progress.correct, device=device, dtype=torch.long)
+        self.start = time.perf_counter() - progress.seconds
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        self.step += 1
+        self.loss_sum += loss.detach() * len(y)
+        self.correct += (logits.detach().argmax(1) == y).sum()
+        self.seen += len(y)
+
+    def snapshot(self) -> EpochProgress:
+        elapsed = time.perf_counter() - self.start
+        return EpochProgress(
+            self.epoch, self.lr, self.step, self.loss_sum.item(), int(self.correct.item()), self.seen, elapsed
+        )
+
+
+class TrainStep:
+    """One batch: preprocess and augment, forward in the training precision, loss; then backward and step."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        preprocess: Preprocess,
+        augment: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        schedule: Schedule,
+        loss_fn: nn.Module,
+        precision: str,
+        scaler: torch.amp.GradScaler | None = None,
+    ) -> None:
+        self.model, self.preprocess, self.augment, self.loss_fn = model, preprocess, augment, loss_fn
+        self.optimizer, self.schedule, self.precision, self.scaler = optimizer, schedule, precision, scaler
+        self.device = next(model.parameters()).device
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs = self.preprocess(x, self.augment)
+        with autocast(self.device, self.precision):
+            logits = self.model(inputs)
+        return self.loss_fn(logits.float(), y), logits
+
+    def update(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if (
+            self.scaler is not None
+        ):  # fp16: scale the loss so small gradients survive, skip steps that overflow
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        self.schedule.after_step()
+
+
+def keep_frozen_batchnorm_in_eval(model: nn.Module) -> None:
+    """Frozen BatchNorm keeps its running statistics (fine-tuning a backbone)."""
+    for m in model.modules():
         params = list(m.parameters(recurse=False))
         if (
             isinstance(m, nn.modules.batchnorm._BatchNorm)
@@ -92,90 +174,60 @@ def train_one_epoch(
             and not any(p.requires_grad for p in params)
         ):
             m.eval()
-    device = next(model.parameters()).device
-    loss_sum = torch.tensor(progress.loss_sum, device=device)
-    correct = torch.tensor(progress.correct, device=device, dtype=torch.long)
-    seen, step, epoch, lr = progress.seen, progress.step, progress.epoch, progress.lr
-    start = time.perf_counter() - progress.seconds
-    eager_check = device.type == "cpu"
-    first_bad = torch.zeros((), device=device, dtype=torch.long)  # 0: every loss so far was finite
 
-    def non_finite(value: str, at: int) -> NonFiniteLoss:
-        return NonFiniteLoss(
-            f"loss became {value} at epoch {epoch}, step {at}; stopped before a checkpoint took those weights, "
-            "best.pt and last.pt keep the last good ones (try a lower optimizer.lr)"
-        )
 
-    def check_finite() -> None:
-        bad = int(first_bad.item())
-        if bad:
-            raise non_finite("non-finite", bad)
+def train_one_epoch(
+    step_fn: TrainStep,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    progress: EpochProgress,
+    after_step: Callable[[int, Callable[[], EpochProgress]], None] | None = None,
+    total_steps: int | None = None,
+    bars: bool = False,
+) -> EpochProgress:
+    """Train over `batches`, continuing `progress`; metrics stay on the device until someone reads them.
+
+    `after_step(step, snapshot)` runs after every optimizer step; `snapshot()` syncs the running sums
+    (a mid-epoch checkpoint calls it, the plain loop never does).
+    """
+    step_fn.model.train()
+    keep_frozen_batchnorm_in_eval(step_fn.model)
+    meter, guard = Meter(progress, step_fn.device), FiniteGuard(progress.epoch, step_fn.device)
 
     def snapshot() -> EpochProgress:
-        check_finite()
-        elapsed = time.perf_counter() - start
-        return EpochProgress(epoch, lr, step, loss_sum.item(), int(correct.item()), seen, elapsed)
+        guard.raise_recorded()
+        return meter.snapshot()
 
-    bar = tqdm(
-        batches, desc=f"epoch {epoch}", total=total_steps, initial=step, leave=False, dynamic_ncols=True,
-        disable=_quiet(),
-    )  # fmt: skip
+    bar = tqdm(batches, desc=f"epoch {progress.epoch}", total=total_steps, initial=progress.step, leave=False,
+               dynamic_ncols=True, disable=not bars)  # fmt: skip
     for x, y in bar:
-        step += 1
-        inputs = preprocess(x, augment)
-        with autocast(device, precision):
-            logits = model(inputs)
-            loss = loss_fn(logits.float(), y)
-        if eager_check:
-            if not torch.isfinite(loss):  # before the step: the weights stay the last good ones
-                raise non_finite(str(loss.item()), step)
-        else:
-            first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss.detach()), step, first_bad)
-            if step % 50 == 0:
-                check_finite()
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:  # fp16: scale the loss so small gradients survive, skip steps that overflow
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        scheduler.step()
-        loss_sum += loss.detach() * len(y)
-        correct += (logits.argmax(1) == y).sum()
-        seen += len(y)
-        if not bar.disable and step % 10 == 0:
+        loss, logits = step_fn.forward(x, y)
+        guard.check(loss, meter.step + 1)
+        step_fn.update(loss)
+        meter.add(loss, logits, y)
+        if bars and meter.step % 10 == 0:
             now = snapshot()
             rate = (now.seen - progress.seen) / max(now.seconds - progress.seconds, 1e-9)
-            acc = now.correct / now.seen
-            bar.set_postfix(loss=f"{now.loss_sum / now.seen:.3f}", acc=f"{acc:.3f}", img_s=f"{rate:.0f}")
+            bar.set_postfix(loss=f"{now.loss_sum / now.seen:.3f}", acc=f"{now.correct / now.seen:.3f}",
+                            img_s=f"{rate:.0f}")  # fmt: skip
         if after_step is not None:
-            after_step(step, snapshot)
+            after_step(meter.step, snapshot)
     return snapshot()
 
 
 @torch.inference_mode()
-def infer(
-    model: Callable[[torch.Tensor], torch.Tensor],
-    preprocess: Preprocess,
-    x: torch.Tensor,
-    precision: str = "32",
-    tta: bool = False,
-) -> torch.Tensor:
-    """Logits (fp32) for a uint8 batch, through the eval transform; shared by evaluation and predict.
+def infer(model: Any, preprocess: Preprocess, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """fp32 logits for a uint8 batch, through the eval transform: the one inference computation.
 
-    `model` is a network, or anything with its call signature and `eval()` (an ONNX export). With `tta`
-    the image and its mirror image are both classified and their probabilities averaged (returned as
-    log-probabilities, which softmax and cross-entropy treat as logits).
+    `model` is a contiguous fp32 network, or anything with its call signature and `eval()` (an ONNX
+    export). With `tta` the image and its mirror image are both classified and their probabilities averaged
+    (returned as log-probabilities, which softmax and cross-entropy treat as logits).
     """
     model.eval()
     inputs = preprocess(x)
-    with autocast(x.device, precision):
-        logits = model(inputs).float()
-        if not tta:
-            return logits
-        mirrored = model(inputs.flip(-1)).float()
+    logits = model(inputs).float()
+    if not tta:
+        return logits
+    mirrored = model(inputs.flip(-1)).float()
     both = torch.stack([logits.log_softmax(1), mirrored.log_softmax(1)])
     return torch.logsumexp(both, 0) - math.log(2)
 
@@ -184,23 +236,22 @@ def evaluate(
     model: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     preprocess: Preprocess,
-    precision: str = "32",
     desc: str = "eval",
     tta: bool = False,
+    bars: bool = False,
 ) -> dict[str, float]:
-    """Mean cross-entropy and accuracy over `batches` (with flip test-time augmentation if `tta`)."""
+    """Mean cross-entropy and accuracy over `batches`, summed over every process of the run."""
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
-    for x, y in _bar(batches, desc):
-        logits = infer(model, preprocess, x, precision, tta)
+    for x, y in tqdm(batches, desc=desc, leave=False, dynamic_ncols=True, disable=not bars):
+        logits = infer(model, preprocess, x, tta)
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
-    sums = distributed.all_sum(
-        torch.stack([loss_sum.double(), correct.double(), torch.tensor(seen, device=device).double()])
-    )
+    counts = [loss_sum.double(), correct.double(), torch.tensor(seen, device=device).double()]
+    sums = distributed.all_sum(torch.stack(counts))
     total_loss, total_correct, total_seen = sums.tolist()
     total_seen = max(total_seen, 1)
     return {"loss": total_loss / total_seen, "acc": total_correct / total_seen}

@@ -10,7 +10,7 @@ import torch
 from cnn_train import checkpoint, files, plots
 from cnn_train.data.loaders import Batches
 from cnn_train.data.transforms import Preprocess
-from cnn_train.engine import infer
+from cnn_train.engine import INFERENCE, infer
 from cnn_train.errors import UserError
 
 
@@ -35,15 +35,20 @@ def evaluate_checkpoint(
     data: dict[str, Any] | None = None,
     split: str = "test",
     device: torch.device | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     limit_batches: int | None = None,
     max_shown: int = 32,
     tta: bool = False,
 ) -> dict[str, Any]:
-    """Accuracy, top-5, per-class metrics and the confusion matrix; writes eval.json and two figures."""
+    """Accuracy, top-5, per-class metrics and the confusion matrix; writes eval.json and two figures.
+
+    `batch_size` None: the batch size the checkpoint was trained (and tested) with, so that the test accuracy
+    in its results.json is reproduced to the last digit.
+    """
     device = device or torch.device("cpu")
     payload = checkpoint.load(ckpt)
-    model = checkpoint.restore_model(payload, ckpt).to(device)
+    model = checkpoint.inference_model(payload, device, ckpt)
+    batch_size = batch_size or int(payload["config"]["data"]["batch_size"])
     spec = checkpoint.eval_transform(payload)
     classes: list[str] = payload["classes"]
     cfg = data or payload["config"]["data"]
@@ -59,10 +64,14 @@ def evaluate_checkpoint(
     k = len(classes)
     confusion = torch.zeros(k, k, dtype=torch.long)
     top5_hits, seen = 0, 0
+    loss_sum = torch.zeros(
+        (), device=device
+    )  # summed as engine.evaluate sums it: the run's test_loss, exactly
     wrong_images, wrong_titles = [], []
     for x, y in Batches(chosen, spec, batch_size, device, limit=limit_batches):
         logits = infer(model, preprocess, x, tta=tta)
         pred = logits.argmax(1)
+        loss_sum += torch.nn.functional.cross_entropy(logits, y, reduction="sum")
         confusion += torch.bincount((y * k + pred).cpu(), minlength=k * k).view(k, k)
         top5_hits += (logits.topk(min(5, k), dim=1).indices == y[:, None]).any(1).sum().item()
         seen += len(y)
@@ -76,7 +85,9 @@ def evaluate_checkpoint(
     out = Path(out_dir)
     report = {
         "checkpoint": str(ckpt), "data": cfg["name"], "split": split, "images": seen, "tta": tta,
+        "batch_size": batch_size, "inference": INFERENCE,
         "accuracy": confusion.diag().sum().item() / max(seen, 1), "top5_accuracy": top5_hits / max(seen, 1),
+        "loss": loss_sum.double().item() / max(seen, 1),
         "per_class": per_class(confusion, classes), "confusion_matrix": confusion.tolist(),
     }  # fmt: skip
     files.write_json(out / "eval.json", report)

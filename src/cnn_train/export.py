@@ -17,6 +17,7 @@ import torch
 from cnn_train import checkpoint
 from cnn_train.data.loaders import Batches
 from cnn_train.data.transforms import EvalTransform, Preprocess
+from cnn_train.engine import infer
 from cnn_train.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -28,11 +29,12 @@ def _needs_extra(e: ImportError) -> UserError:
 
 
 def real_batch(payload: dict[str, Any], n: int = 8) -> torch.Tensor:
-    """The first `n` test (else validation) images of the checkpoint's own data, as model input."""
+    """The first `n` test (else validation) images of the checkpoint's own data, as uint8."""
     data = checkpoint.dataset(payload)
-    spec = checkpoint.eval_transform(payload)
-    x, _ = next(iter(Batches(data.test or data.val, spec, n, torch.device("cpu"))))
-    return Preprocess(spec)(x)
+    x, _ = next(
+        iter(Batches(data.test or data.val, checkpoint.eval_transform(payload), n, torch.device("cpu")))
+    )
+    return x
 
 
 def export(
@@ -40,7 +42,7 @@ def export(
 ) -> tuple[Path, float]:
     """Write the export next to the checkpoint (or to `out`); returns its path and the max |difference|."""
     payload = checkpoint.load(ckpt)
-    model = checkpoint.restore_model(payload, ckpt).eval()
+    model = checkpoint.inference_model(payload, torch.device("cpu"), ckpt)
     meta = json.dumps(
         {
             "model": payload["model"],
@@ -48,9 +50,10 @@ def export(
             "eval_transform": payload["eval_transform"],
         }
     )
-    x = real_batch(payload)
-    with torch.no_grad():
-        expected = model(x)
+    images = real_batch(payload)
+    preprocess = Preprocess(checkpoint.eval_transform(payload))
+    x = preprocess(images)  # what the exported network takes: normalised images
+    expected = infer(model, preprocess, images)  # the logits cnn-eval and cnn-predict compute
     if fmt == "onnx":
         path = Path(out) if out else Path(ckpt).with_suffix(".onnx")
         got = _export_onnx(model, x, path, meta)

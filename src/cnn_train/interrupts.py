@@ -8,6 +8,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import torch
+
+from cnn_train import distributed
+
 
 class Interrupted(Exception):
     """Training stopped on a signal after saving last.pt; the CLI turns this into a resume hint."""
@@ -34,6 +38,13 @@ class StopRequests:
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signum = signum
+
+    def agreed(self, device: torch.device) -> int | None:
+        """The signal any process of the run got: every rank must stop at the same step, or one would wait
+        for the others forever."""
+        if not distributed.active():
+            return self.signum
+        return distributed.all_max(self.signum or 0, device) or None
 
     def __enter__(self) -> StopRequests:
         if threading.current_thread() is threading.main_thread():  # signals can only be caught there

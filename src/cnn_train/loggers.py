@@ -1,7 +1,7 @@
 """Experiment trackers: every run writes metrics.csv; `logger=tensorboard|mlflow` also sends there.
 
-Each logger gets the resolved config once, every epoch's metrics row, and best.pt at the end. Only the
-process that writes files (rank 0 under torchrun) builds one.
+Each logger gets the resolved config once, every epoch's metrics row, best.pt at the end, and `close(status)`
+on every way out (FINISHED, FAILED or KILLED). Only the process that writes files builds one (rundir.RunDir).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class CsvLogger:
     def log_best(self, path: Path) -> None:
         pass
 
-    def close(self) -> None:
+    def close(self, status: str = "FINISHED") -> None:
         pass
 
 
@@ -73,8 +73,9 @@ class TensorBoardLogger(CsvLogger):
     def log_best(self, path: Path) -> None:
         self.writer.add_text("best_checkpoint", str(path.resolve()))
 
-    def close(self) -> None:
-        self.writer.close()
+    def close(self, status: str = "FINISHED") -> None:
+        self.writer.add_text("status", status)
+        self.writer.close()  # flushes the event file
 
 
 class MlflowLogger(CsvLogger):
@@ -126,5 +127,5 @@ class MlflowLogger(CsvLogger):
     def log_best(self, path: Path) -> None:
         self.client.log_artifact(self.run_id, str(path))
 
-    def close(self) -> None:
-        self.client.set_terminated(self.run_id)
+    def close(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)

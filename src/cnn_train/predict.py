@@ -61,7 +61,7 @@ def predict(
         spec, classes = model.spec, model.classes
     else:
         payload = checkpoint.load(ckpt)
-        model = checkpoint.restore_model(payload, ckpt).to(device)
+        model = checkpoint.inference_model(payload, device, ckpt)
         spec, classes = checkpoint.eval_transform(payload), payload["classes"]
     preprocess = Preprocess(spec).to(device)
     k = max(1, min(topk, len(classes)))

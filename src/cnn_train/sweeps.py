@@ -50,7 +50,7 @@ class SweepSummary(Callback):
         from rich.table import Table
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        rows = collect(sweep_dir, str(config.get("optimized_metric", "best_val_acc")))
+        rows = collect(sweep_dir, str(config.optimized_metric))
         if not rows:
             return
         fields = [

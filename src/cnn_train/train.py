@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import random
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -17,12 +16,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from cnn_train import checkpoint, distributed, files, plots, transfer
+from cnn_train import checkpoint, distributed, plots, transfer
+from cnn_train.config import check_target_keys
 from cnn_train.data.datasets import Dataset, load_dataset
 from cnn_train.data.loaders import Batches, cache_split, should_cache
 from cnn_train.data.transforms import EvalTransform, Preprocess
 from cnn_train.distributed import World, world_from_env
-from cnn_train.engine import EpochProgress, evaluate, train_one_epoch
+from cnn_train.engine import INFERENCE, EpochProgress, TrainStep, evaluate, show_bars, train_one_epoch
 from cnn_train.errors import UserError
 from cnn_train.hardware import (
     Speed,
@@ -35,6 +35,8 @@ from cnn_train.hardware import (
 from cnn_train.interrupts import Interrupted, StopRequests
 from cnn_train.loggers import CsvLogger
 from cnn_train.models import build_model, min_image_size
+from cnn_train.rundir import RunDir
+from cnn_train.schedules import Schedule
 
 log = logging.getLogger(__name__)
 OPTIMIZABLE = ("best_val_acc", "test_acc", "test_loss", "wall_seconds")  # results a sweeper may optimize
@@ -43,6 +45,11 @@ OPTIMIZABLE = ("best_val_acc", "test_acc", "test_loss", "wall_seconds")  # resul
 def check_config(cfg: DictConfig) -> None:
     """Catch bad values before any data is read, naming the key."""
     min_image_size(cfg.model.name)  # unknown model names fail here, listing the valid ones
+    for group in ("optimizer", "scheduler", "augmentation", "logger"):
+        if (
+            group in cfg
+        ):  # their keys are their targets' arguments: a typo fails here, not deep in a constructor
+            check_target_keys(cfg[group], group)
     checks = [
         ("optimizer.lr", cfg.optimizer.lr, lambda v: v > 0, "must be > 0"),
         ("data.batch_size", cfg.data.batch_size, lambda v: int(v) == v and v >= 1, "must be an integer ≥ 1"),
@@ -53,11 +60,11 @@ def check_config(cfg: DictConfig) -> None:
     for key, value, ok, why in checks:
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not ok(value):
             raise UserError(f"{key}: {value!r} {why}")
-    metric = cfg.get("optimized_metric", "best_val_acc")
+    metric = cfg.optimized_metric
     if metric not in OPTIMIZABLE:
         raise UserError(f"optimized_metric: {metric!r} is not one of {', '.join(OPTIMIZABLE)}")
     for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
-        value = cfg.trainer.get(key)
+        value = cfg.trainer[key]
         if value is not None and (not isinstance(value, int) or value < 1):
             raise UserError(f"trainer.{key}: {value!r} must be a whole number of batches ≥ 1, or null")
     if cfg.data.name == "image_folder" and not Path(str(cfg.data.root)).expanduser().is_dir():
@@ -76,7 +83,7 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 def image_size_for(cfg: DictConfig, data: Dataset) -> int:
     """data.image_size, else the model's stated input side, else the data's own side."""
-    size = cfg.data.get("image_size") or cfg.model.get("image_size") or data.native_size
+    size = cfg.data.image_size or cfg.model.image_size or data.native_size
     if size is None:
         raise UserError("data.image_size: must be set for image folders (e.g. data.image_size=224)")
     return int(size)
@@ -89,12 +96,12 @@ class Session:
     data: Dataset
     spec: EvalTransform
     model_spec: dict[str, Any]
-    model: nn.Module  # the weights that are saved
-    net: nn.Module  # what runs them: the model, or its torch.compile'd forward
-    preprocess: Preprocess
-    augment: nn.Module
+    model: nn.Module  # the weights that train and are saved (in the training memory format)
+    eval_model: nn.Module  # a contiguous fp32 copy that validation loads them into: the inference numerics
+    step: TrainStep  # one optimizer step: the training network (maybe compiled or DDP), precision, schedule
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    schedule: Schedule
+    augment: nn.Module
     train_batches: Batches
     val_batches: Batches
     shuffle: torch.Generator
@@ -102,7 +109,12 @@ class Session:
     init: str  # where the starting weights came from
     speed: Speed
     scaler: torch.amp.GradScaler | None  # 16-mixed only
+    tta: bool
     world: World = field(default_factory=World)
+
+    @property
+    def bars(self) -> bool:
+        return show_bars(self.world.is_main)
 
 
 def _fit_channels(values: tuple[float, ...], channels: int) -> tuple[float, ...]:
@@ -110,6 +122,64 @@ def _fit_channels(values: tuple[float, ...], channels: int) -> tuple[float, ...]
     if len(values) == channels:
         return values
     return (sum(values) / len(values),) if channels == 1 else values[:1] * channels
+
+
+def _weights_source(m: DictConfig) -> transfer.Source | None:
+    if m.pretrained:
+        return transfer.imagenet_source(m.name)
+    return transfer.file_source(m.weights) if m.weights else None
+
+
+def _load_data(cfg: DictConfig, source: transfer.Source | None) -> tuple[Dataset, EvalTransform]:
+    """The dataset and the eval transform: input side, channels and normalisation (the weights' own, if any)."""
+    want = cfg.data.channels
+    if source is not None and source.channels == 1:
+        want = 1  # grey weights: colour images are converted to grey
+    strict = cfg.data.strict
+    data = load_dataset(cfg.data.name, cfg.data.root, cfg.data.val_split, cfg.trainer.seed, want, strict)
+    size = image_size_for(cfg, data)
+    # Grey data into colour weights: the model takes one channel and the first conv's kernels are summed.
+    channels = 1 if data.channels == 1 or (source is not None and source.channels == 1) else data.channels
+    mean, std = tuple(cfg.data.mean), tuple(cfg.data.std)
+    if source is not None and source.mean is not None:
+        mean, std = source.mean, source.std  # the normalisation the weights were trained with
+    if len(mean) != len(std) or len(mean) not in (1, 3):
+        raise UserError(f"data.mean/data.std: {len(mean)} and {len(std)} values; give 1 or 3 of each")
+    spec = EvalTransform(size, channels, _fit_channels(mean, channels), _fit_channels(std, channels))
+    cache = cfg.data.cache
+    for part in ("train", "val", "test"):
+        split = getattr(data, part)
+        if split is not None and should_cache(split, spec, cache):
+            setattr(data, part, cache_split(split, spec, int(cfg.data.num_workers), strict))
+            n = len(getattr(data, part))
+            log.info("data.cache: decoded %d %s images once into memory at %d px", n, part, size)
+    return data, spec
+
+
+def _batches(cfg: DictConfig, data: Dataset, spec: EvalTransform, device: torch.device, world: World,
+             shuffle: torch.Generator) -> tuple[Batches, Batches]:  # fmt: skip
+    """This rank's training and validation batches (its shard of every global batch under torchrun)."""
+    tr, bs, workers = cfg.trainer, int(cfg.data.batch_size), int(cfg.data.num_workers)
+    common = {
+        "num_workers": workers,
+        "strict": cfg.data.strict,
+        "shard": (world.rank, world.size),
+    }
+    train = Batches(data.train, spec, bs, device, shuffle=True, drop_last=True, generator=shuffle,
+                    limit=tr.limit_train_batches, **common)  # fmt: skip
+    val = Batches(data.val, spec, bs, device, limit=tr.limit_val_batches, **common)
+    return train, val
+
+
+def _distribute(model: nn.Module, cfg: DictConfig, world: World, device: torch.device) -> nn.Module:
+    """The network the steps run: the model itself, or DistributedDataParallel around it under torchrun."""
+    if not world.active:
+        return model
+    if cfg.trainer.sync_batchnorm:
+        if device.type != "cuda":
+            raise UserError("trainer.sync_batchnorm: needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel)")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def build(cfg: DictConfig, world: World | None = None, device: torch.device | None = None) -> Session:
@@ -126,76 +196,41 @@ def build(cfg: DictConfig, world: World | None = None, device: torch.device | No
             f"data.batch_size: {cfg.data.batch_size} (the global batch) must divide by the {world.size} processes"
         )
     speed = resolve_speed(tr, device)
-    apply_speed(speed, device, bool(tr.get("deterministic", False)))
-    source = None
-    if m.get("pretrained"):
-        source = transfer.imagenet_source(m.name)
-    elif m.get("weights"):
-        source = transfer.file_source(m.weights)
-    strict = bool(cfg.data.get("strict", False))
-    want = cfg.data.get("channels", 3)
-    if source is not None and source.channels == 1:
-        want = 1  # grey weights: colour images are converted to grey
-    data = load_dataset(cfg.data.name, cfg.data.root, cfg.data.val_split, tr.seed, want, strict)
-    size = image_size_for(cfg, data)
-    # Grey data into colour weights: the model takes one channel and the first conv's kernels are summed.
-    channels = 1 if data.channels == 1 or (source is not None and source.channels == 1) else data.channels
-    mean, std = tuple(cfg.data.mean), tuple(cfg.data.std)
-    if source is not None and source.mean is not None:
-        mean, std = source.mean, source.std  # the normalisation the weights were trained with
-    if len(mean) != len(std) or len(mean) not in (1, 3):
-        raise UserError(f"data.mean/data.std: {len(mean)} and {len(std)} values; give 1 or 3 of each")
-    spec = EvalTransform(size, channels, _fit_channels(mean, channels), _fit_channels(std, channels))
-    args = OmegaConf.to_container(m.args, resolve=True) if "args" in m else {}
-    kwargs = {"num_classes": len(data.classes), "in_channels": channels, "image_size": size, **args}
+    apply_speed(speed, device, bool(tr.deterministic))
+    source = _weights_source(m)
+    data, spec = _load_data(cfg, source)
+    args = OmegaConf.to_container(m.args, resolve=True)
+    kwargs = {
+        "num_classes": len(data.classes),
+        "in_channels": spec.channels,
+        "image_size": spec.image_size,
+        **args,
+    }
     model_spec = {"name": m.name, "kwargs": kwargs}
     model = build_model(m.name, **kwargs)
     if source is not None:
         transfer.load_source(model, source)
-    transfer.freeze(model, m.get("finetune", "full"), int(m.get("trainable_layers", 1)))
+    transfer.freeze(model, m.finetune, int(m.trainable_layers))
+    eval_model = build_model(m.name, **kwargs).to(device).eval()
     model = model.to(device)
     if speed.channels_last:
         model = model.to(memory_format=torch.channels_last)
     shuffle = torch.Generator().manual_seed(tr.seed)
-    bs, workers = int(cfg.data.batch_size), int(cfg.data.num_workers)
-    cache = cfg.data.get("cache", "auto")
-    for part in ("train", "val", "test"):
-        split = getattr(data, part)
-        if split is not None and should_cache(split, spec, cache):
-            setattr(data, part, cache_split(split, spec, workers, strict))
-            n = len(getattr(data, part))
-            log.info("data.cache: decoded %d %s images once into memory at %d px", n, part, size)
-    shard = (world.rank, world.size)
-    train_batches = Batches(
-        data.train, spec, bs, device, shuffle=True, drop_last=True, generator=shuffle, num_workers=workers,
-        limit=tr.limit_train_batches, strict=strict, shard=shard,
-    )  # fmt: skip
-    val_batches = Batches(
-        data.val, spec, bs, device, num_workers=workers, limit=tr.limit_val_batches, strict=strict, shard=shard,
-    )  # fmt: skip
+    train_batches, val_batches = _batches(cfg, data, spec, device, world, shuffle)
     factory = instantiate(cfg.optimizer)
     fast = fast_optimizer_kwargs(factory, device, dict(cfg.optimizer))
     optimizer = factory(params=[p for p in model.parameters() if p.requires_grad], **fast)
     steps = len(train_batches)
-    scheduler = instantiate(cfg.scheduler)(
-        optimizer, total_steps=tr.max_epochs * steps, steps_per_epoch=steps
-    )
+    schedule = Schedule(instantiate(cfg.scheduler), optimizer, tr.max_epochs * steps, steps)
     augment = instantiate(cfg.augmentation)
-    preprocess = Preprocess(spec, speed.channels_last).to(device)
     scaler = torch.amp.GradScaler(device.type) if speed.precision == "16-mixed" else None
-    net: nn.Module = model
-    if world.active:
-        if tr.get("sync_batchnorm", False):
-            if device.type != "cuda":
-                raise UserError(
-                    "trainer.sync_batchnorm: needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel)"
-                )
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    loss = nn.CrossEntropyLoss(label_smoothing=tr.label_smoothing)
+    net = compile_model(_distribute(model, cfg, world, device), speed)
+    preprocess = Preprocess(spec, speed.channels_last).to(device)
+    step = TrainStep(net, preprocess, augment, optimizer, schedule, loss, speed.precision, scaler)
     return Session(
-        data, spec, model_spec, model, compile_model(net, speed), preprocess, augment, optimizer, scheduler,
-        train_batches, val_batches, shuffle, device, source.origin if source is not None else "scratch", speed,
-        scaler, world,
+        data, spec, model_spec, model, eval_model, step, optimizer, schedule, augment, train_batches, val_batches,
+        shuffle, device, source.origin if source is not None else "scratch", speed, scaler, bool(tr.tta), world,
     )  # fmt: skip
 
 
@@ -211,6 +246,124 @@ def _global(progress: EpochProgress, device: torch.device) -> EpochProgress:
     return replace(progress, loss_sum=loss_sum, correct=int(correct), seen=int(seen))
 
 
+@dataclass
+class TrainState:
+    """Where the run stands between epochs: what last.pt restores besides weights, optimizer and schedule."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_val_acc: float = -1.0
+    best_epoch: int = 0
+    epoch: int = 0  # epochs finished
+    partial: dict[str, Any] | None = (
+        None  # the unfinished epoch's progress and shuffle, from a mid-epoch last.pt
+    )
+
+    def begin(self, epoch: int, s: Session) -> EpochProgress:
+        """A new epoch's progress, or the saved one's: its shuffle replayed, the batches done skipped."""
+        if self.partial is None:
+            return EpochProgress(epoch, lr=s.optimizer.param_groups[0]["lr"])
+        s.shuffle.set_state(self.partial["shuffle_state"])
+        progress = EpochProgress(**{k: v for k, v in self.partial.items() if k != "shuffle_state"})
+        self.partial = None
+        return progress
+
+    def record(self, done: EpochProgress, val: dict[str, float]) -> tuple[dict[str, Any], bool]:
+        """The epoch's metrics row, and whether it is the best so far."""
+        train = done.summary()
+        row = {
+            "epoch": done.epoch, "train_loss": round(train["loss"], 5), "train_acc": round(train["acc"], 5),
+            "val_loss": round(val["loss"], 5), "val_acc": round(val["acc"], 5), "lr": done.lr,
+            "seconds": round(train["seconds"], 2), "images_per_s": round(train["images"] / train["seconds"], 1),
+        }  # fmt: skip
+        self.history.append(row)
+        self.epoch = done.epoch
+        improved = val["acc"] > self.best_val_acc
+        if improved:
+            self.best_val_acc, self.best_epoch = val["acc"], done.epoch
+        return row, improved
+
+
+@dataclass
+class Checkpoints:
+    """best.pt and last.pt of this run: the self-describing payloads, written through the run dir."""
+
+    run: RunDir
+    s: Session
+    state: TrainState
+    common: dict[str, Any]
+
+    def best(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.run.save("best.pt", {**self.common, "state_dict": self.s.model.state_dict(), "epoch": epoch,
+                                  "metrics": metrics})  # fmt: skip
+
+    def last(self, epoch_done: int, **extra: Any) -> None:
+        s, st = self.s, self.state
+        self.run.save("last.pt", {
+            **self.common, "state_dict": s.model.state_dict(), "epoch": epoch_done,
+            "optimizer": s.optimizer.state_dict(), "scheduler": s.schedule.state_dict(),
+            "rng": checkpoint.rng_state(s.shuffle), "history": st.history, "best_val_acc": st.best_val_acc,
+            "best_epoch": st.best_epoch, "scaler": s.scaler.state_dict() if s.scaler else None, **extra,
+        })  # fmt: skip
+
+
+class MidEpoch:
+    """After every step: on a stop signal, or every `every` steps, last.pt takes the epoch's progress so far."""
+
+    def __init__(self, saves: Checkpoints, epoch: int, every: int, stop: StopRequests) -> None:
+        self.saves, self.epoch, self.every, self.stop = saves, epoch, every, stop
+        self.shuffle_state = saves.s.shuffle.get_state()  # replayed on resume: the epoch's own shuffle
+
+    def __call__(self, step: int, snapshot: Callable[[], EpochProgress]) -> None:
+        signum = self.stop.agreed(self.saves.s.device)
+        if signum is None and not (self.every and step % self.every == 0):
+            return
+        now = _global(snapshot(), self.saves.s.device)
+        self.saves.last(self.epoch - 1, partial={**asdict(now), "shuffle_state": self.shuffle_state})
+        if signum is not None:
+            raise Interrupted(signum, self.epoch, step, self.saves.run.path / "last.pt")
+
+
+def resume(cfg: DictConfig, s: Session, run: RunDir) -> TrainState:
+    """Continue from last.pt where there is one to continue (trainer.resume, or this dir's unfinished run)."""
+    path = checkpoint.find_resume(cfg.trainer.resume, run.path, Path(str(cfg.output_root)))
+    if path is None:
+        return TrainState()
+    last = checkpoint.load(path)
+    if last["model"] != s.model_spec:
+        raise UserError(
+            f"trainer.resume: {path} holds {last['model']['name']} {last['model']['kwargs']}, "
+            f"but this run builds {s.model_spec['name']} {s.model_spec['kwargs']}"
+        )
+    saved = last["config"]["scheduler"].get("_target_")
+    if "total_steps" not in last["scheduler"] or saved != cfg.scheduler._target_:
+        raise UserError(
+            f"trainer.resume: {path} holds a schedule this run cannot continue ({saved}, written by this or an "
+            f"older cnn-train); resume with the same scheduler, or start anew with model.weights={path}"
+        )
+    s.model.load_state_dict(last["state_dict"])
+    s.optimizer.load_state_dict(last["optimizer"])
+    s.schedule.load_state_dict(last["scheduler"])  # after the optimizer: it may rebuild for a new length
+    if s.scaler is not None and last["scaler"]:
+        s.scaler.load_state_dict(last["scaler"])
+    checkpoint.set_rng_state(last["rng"], s.shuffle)
+    state = TrainState(
+        last["history"], last["best_val_acc"], last["best_epoch"], last["epoch"], last.get("partial")
+    )
+    if state.partial is not None and not s.world.is_main:  # the saved sums are global: rank 0 carries them on
+        state.partial = {**state.partial, "loss_sum": 0.0, "correct": 0, "seen": 0}
+    run.adopt_best(path.parent)
+    where = f"epoch {state.epoch + 1}" + (f", step {state.partial['step'] + 1}" if state.partial else "")
+    log.info("resumed from %s at %s", path, where)
+    return state
+
+
+def validate(s: Session) -> dict[str, float]:
+    """Validation in the inference numerics: the trained weights copied into the contiguous fp32 model."""
+    distributed.sync_buffers(s.model)  # rank 0's BatchNorm statistics everywhere: the weights rank 0 saves
+    s.eval_model.load_state_dict(s.model.state_dict())
+    return evaluate(s.eval_model, s.val_batches, Preprocess(s.spec).to(s.device), "val", s.tta, s.bars)
+
+
 def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Train, keep best.pt/last.pt/metrics.csv current, then test the best weights.
 
@@ -220,16 +373,45 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """
     started = time.perf_counter()
     check_config(cfg)
-    tr = cfg.trainer
-    world = world_from_env()
+    tr, world = cfg.trainer, world_from_env()
     device = distributed.init(world, pick_device(tr.device))
-    run_dir = Path(distributed.broadcast(str(run_dir)))  # ranks started in different seconds agree on one
-    main = world.is_main
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    seed_everything(tr.seed, tr.get("deterministic", False))
+    path = Path(distributed.broadcast(str(run_dir)))  # ranks started in different seconds agree on one
+    seed_everything(tr.seed, tr.deterministic)
     s = build(cfg, world, device)
-    precision, tta = s.speed.precision, bool(tr.get("tta", False))
+    common = describe(cfg, s)
+    tracker = instantiate(cfg.logger) if "logger" in cfg else CsvLogger
+    with RunDir(path, world.is_main, lambda p: tracker(run_dir=p)) as run, StopRequests() as stop:
+        state = resume(cfg, s, run)
+        if not world.is_main:  # same weights (DDP copies rank 0's), different augmentation and dropout draws
+            torch.manual_seed(tr.seed + 7919 * world.rank + state.epoch + 1)
+        run.start(s.data.classes, common["config"], lambda p: plot_samples(s, p))
+        saves = Checkpoints(run, s, state, common)
+        for epoch in range(state.epoch + 1, tr.max_epochs + 1):
+            progress = state.begin(epoch, s)
+            hook = MidEpoch(saves, epoch, tr.checkpoint_every_n_steps or 0, stop)
+            batches = s.train_batches.epoch(skip=progress.step)
+            done = train_one_epoch(s.step, batches, progress, hook, len(s.train_batches), s.bars)
+            done = _global(done, s.device)
+            val = validate(s)
+            s.schedule.after_epoch({"val_loss": val["loss"], "val_acc": val["acc"]})
+            row, improved = state.record(done, val)
+            metrics = {"val_acc": val["acc"], "val_loss": val["loss"], "train_acc": row["train_acc"]}
+            if improved:
+                saves.best(epoch, metrics)
+            saves.last(epoch, metrics=metrics)
+            run.epoch_done(state.history)
+            log_epoch(row, tr.max_epochs)
+            if (signum := stop.agreed(s.device)) is not None:
+                raise Interrupted(signum, epoch, done.step, path / "last.pt")
+        distributed.barrier()  # best.pt is on disk before any rank reads it
+        test = test_best(cfg, s, path)
+        results = summarize(cfg, s, state, test, time.perf_counter() - started)
+        run.finish(results)
+    return results
+
+
+def describe(cfg: DictConfig, s: Session) -> dict[str, Any]:
+    """Log what is about to train; return what every checkpoint of the run says about itself."""
     n_params = sum(p.numel() for p in s.model.parameters())
     n_train = sum(p.numel() for p in s.model.parameters() if p.requires_grad)
     log.info(
@@ -237,135 +419,36 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         cfg.model.name, s.data.name, len(s.data.classes), s.spec.channels, s.spec.image_size, s.spec.image_size,
         f"{n_train:,}", f"{n_params:,}", len(s.data.train), len(s.data.val), s.device,
     )  # fmt: skip
-    log.info("speed: %s%s", s.speed.describe(), f", {world.size} processes" if world.active else "")
-    common = {
+    log.info("speed: %s%s", s.speed.describe(), f", {s.world.size} processes" if s.world.active else "")
+    return {
         "model": s.model_spec, "classes": s.data.classes, "eval_transform": s.spec.to_dict(),
-        "config": OmegaConf.to_container(cfg, resolve=True), "init": s.init,
+        "inference": INFERENCE, "config": OmegaConf.to_container(cfg, resolve=True), "init": s.init,
     }  # fmt: skip
-    history: list[dict[str, Any]] = []
-    best_acc, best_epoch, start_epoch, partial = -1.0, 0, 1, None
-    resume = checkpoint.find_resume(tr.get("resume"), run_dir, Path(str(cfg.get("output_root", "outputs"))))
-    if resume is not None:
-        last = checkpoint.load(resume)
-        if last["model"] != s.model_spec:
-            raise UserError(
-                f"trainer.resume: {resume} holds {last['model']['name']} {last['model']['kwargs']}, "
-                f"but this run builds {s.model_spec['name']} {s.model_spec['kwargs']}"
-            )
-        s.model.load_state_dict(last["state_dict"])
-        s.optimizer.load_state_dict(last["optimizer"])
-        s.scheduler.load_state_dict(last["scheduler"])
-        if s.scaler is not None and last.get("scaler"):
-            s.scaler.load_state_dict(last["scaler"])
-        checkpoint.set_rng_state(last["rng"], s.shuffle)
-        history, best_acc, best_epoch = last["history"], last["best_val_acc"], last["best_epoch"]
-        start_epoch, partial = last["epoch"] + 1, last.get("partial")
-        if partial is not None and not main:  # the saved sums are global: rank 0 carries them on
-            partial = {**partial, "loss_sum": 0.0, "correct": 0, "seen": 0}
-        if main and resume.parent.resolve() != run_dir.resolve() and (resume.parent / "best.pt").is_file():
-            shutil.copy2(resume.parent / "best.pt", run_dir / "best.pt")
-        where = f"epoch {start_epoch}" + (f", step {partial['step'] + 1}" if partial else "")
-        log.info("resumed from %s at %s", resume, where)
 
-    if not main:  # same weights (DDP copies rank 0's), different augmentation and dropout draws
-        torch.manual_seed(tr.seed + 7919 * world.rank + start_epoch)
-    tracker = None
-    if main:
-        files.write_json(run_dir / "class_indices.json", {str(i): c for i, c in enumerate(s.data.classes)})
-        plot_samples(s, run_dir / "samples.png")
-        tracker = instantiate(cfg.logger)(run_dir=run_dir) if "logger" in cfg else CsvLogger(run_dir)
-        tracker.log_config(common["config"])
-    every = tr.get("checkpoint_every_n_steps") or 0
-    loss = nn.CrossEntropyLoss(label_smoothing=tr.get("label_smoothing", 0.0))
 
-    def save_last(epoch_done: int, extra: dict[str, Any]) -> None:
-        if not main:
-            return
-        checkpoint.save(
-            run_dir / "last.pt",
-            {
-                **common, "state_dict": s.model.state_dict(), "epoch": epoch_done,
-                "optimizer": s.optimizer.state_dict(), "scheduler": s.scheduler.state_dict(),
-                "rng": checkpoint.rng_state(s.shuffle), "history": history, "best_val_acc": best_acc,
-                "best_epoch": best_epoch, "scaler": s.scaler.state_dict() if s.scaler else None, **extra,
-            },
-        )  # fmt: skip
+def log_epoch(row: dict[str, Any], epochs: int) -> None:
+    log.info(
+        "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.3g  %.1fs  %.0f img/s",
+        row["epoch"], epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"], row["lr"],
+        row["seconds"], row["images_per_s"],
+    )  # fmt: skip
 
-    with StopRequests() as stop:
 
-        def stop_signal() -> int | None:
-            """The signal any process got; every rank must agree, or one would wait for the others forever."""
-            if not world.active:
-                return stop.signum
-            return distributed.all_max(stop.signum or 0, s.device) or None
-
-        for epoch in range(start_epoch, tr.max_epochs + 1):
-            if partial is not None:  # replay this epoch's shuffle, skip the batches already trained
-                s.shuffle.set_state(partial["shuffle_state"])
-                progress = EpochProgress(**{k: v for k, v in partial.items() if k != "shuffle_state"})
-                partial = None
-            else:
-                progress = EpochProgress(epoch, lr=s.optimizer.param_groups[0]["lr"])
-            epoch_start = s.shuffle.get_state()
-
-            def after_step(
-                step: int, snapshot: Callable[[], EpochProgress], epoch: int = epoch, epoch_start=epoch_start
-            ) -> None:
-                signum = stop_signal()
-                if signum is None and not (every and step % every == 0):
-                    return
-                now = _global(snapshot(), s.device)
-                save_last(epoch - 1, {"partial": {**asdict(now), "shuffle_state": epoch_start}})
-                if signum is not None:
-                    raise Interrupted(signum, epoch, step, run_dir / "last.pt")
-
-            done = train_one_epoch(
-                s.net, s.train_batches.epoch(skip=progress.step), s.preprocess, s.augment, s.optimizer,
-                s.scheduler, loss, precision, progress, after_step, total_steps=len(s.train_batches),
-                scaler=s.scaler,
-            )  # fmt: skip
-            done = _global(done, s.device)
-            train = done.summary()
-            distributed.sync_buffers(s.model)
-            val = evaluate(s.net, s.val_batches, s.preprocess, precision, desc="val", tta=tta)
-            row = {
-                "epoch": epoch, "train_loss": round(train["loss"], 5), "train_acc": round(train["acc"], 5),
-                "val_loss": round(val["loss"], 5), "val_acc": round(val["acc"], 5), "lr": done.lr,
-                "seconds": round(train["seconds"], 2), "images_per_s": round(train["images"] / train["seconds"], 1),
-            }  # fmt: skip
-            history.append(row)
-            metrics = {"val_acc": val["acc"], "val_loss": val["loss"], "train_acc": train["acc"]}
-            if val["acc"] > best_acc:
-                best_acc, best_epoch = val["acc"], epoch
-                if main:
-                    best = {**common, "state_dict": s.model.state_dict(), "epoch": epoch, "metrics": metrics}
-                    checkpoint.save(run_dir / "best.pt", best)
-            save_last(epoch, {"metrics": metrics})
-            if tracker is not None:  # rank 0
-                tracker.log_epoch(history)
-                plots.plot_curves(history, run_dir / "curves.png")
-            log.info(
-                "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.3g  %.1fs  %.0f img/s",
-                epoch, tr.max_epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"],
-                done.lr, row["seconds"], row["images_per_s"],
-            )  # fmt: skip
-            signum = stop_signal()
-            if signum is not None:
-                raise Interrupted(signum, epoch, done.step, run_dir / "last.pt")
-        distributed.barrier()  # best.pt is on disk before any rank reads it
-        test_acc, test_loss = test_best(cfg, s, run_dir, precision, tta)
-    results = {
-        "model": cfg.model.name, "data": s.data.name, "test_acc": test_acc, "test_loss": test_loss,
-        "best_val_acc": best_acc, "best_epoch": best_epoch, "epochs": tr.max_epochs, "parameters": n_params,
-        "trainable_parameters": n_train, "precision": precision, "channels_last": s.speed.channels_last,
-        "compile": s.speed.compile, "threads": s.speed.threads, "tta": tta, "processes": world.size,
-        "wall_seconds": round(time.perf_counter() - started, 2),
+def summarize(
+    cfg: DictConfig, s: Session, state: TrainState, test: dict[str, float] | None, seconds: float
+) -> dict[str, Any]:
+    """results.json: the accuracies, and the settings `auto` chose, so a number says how it was made."""
+    params = list(s.model.parameters())
+    return {
+        "model": cfg.model.name, "data": s.data.name,
+        "test_acc": test["acc"] if test else None, "test_loss": test["loss"] if test else None,
+        "best_val_acc": state.best_val_acc, "best_epoch": state.best_epoch, "epochs": cfg.trainer.max_epochs,
+        "parameters": sum(p.numel() for p in params),
+        "trainable_parameters": sum(p.numel() for p in params if p.requires_grad),
+        "precision": s.speed.precision, "channels_last": s.speed.channels_last, "compile": s.speed.compile,
+        "threads": s.speed.threads, "tta": s.tta, "inference": INFERENCE, "processes": s.world.size,
+        "wall_seconds": round(seconds, 2),
     }  # fmt: skip
-    if tracker is not None:  # rank 0
-        files.write_json(run_dir / "results.json", results)
-        tracker.log_best(run_dir / "best.pt")
-        tracker.close()
-    return results
 
 
 def plot_samples(s: Session, path: Path, n: int = 32) -> None:
@@ -373,20 +456,17 @@ def plot_samples(s: Session, path: Path, n: int = 32) -> None:
     first = s.data.train.subset(torch.arange(min(n, len(s.data.train))))
     with torch.random.fork_rng(devices=[s.device] if s.device.type == "cuda" else []):
         x, y = next(iter(Batches(first, s.spec, n, s.device)))
-        images = s.preprocess.unit(x, s.augment)
+        images = Preprocess(s.spec).to(s.device).unit(x, s.augment)
     plots.plot_grid(images, [s.data.classes[i] for i in y.tolist()], path)
 
 
-def test_best(
-    cfg: DictConfig, s: Session, run_dir: Path, precision: str, tta: bool = False
-) -> tuple[float | None, float | None]:
-    """Accuracy and loss of best.pt on the test split, if the data has one."""
+def test_best(cfg: DictConfig, s: Session, run_dir: Path) -> dict[str, float] | None:
+    """best.pt on the test split, loaded and run exactly as cnn-eval runs it; None without a test split."""
     if s.data.test is None:
-        return None, None
-    s.model.load_state_dict(checkpoint.load(run_dir / "best.pt")["state_dict"])
+        return None
+    model = checkpoint.inference_model(checkpoint.load(run_dir / "best.pt"), s.device)
     batches = Batches(
         s.data.test, s.spec, int(cfg.data.batch_size), s.device, num_workers=int(cfg.data.num_workers),
         limit=cfg.trainer.limit_test_batches, shard=(s.world.rank, s.world.size),
     )  # fmt: skip
-    test = evaluate(s.net, batches, s.preprocess, precision, desc="test", tta=tta)
-    return test["acc"], test["loss"]
+    return evaluate(model, batches, Preprocess(s.spec).to(s.device), "test", s.tta, s.bars)

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
+from cnn_train import distributed
 from cnn_train.data.datasets import FileSplit, Split, TensorSplit
 from cnn_train.data.transforms import EvalTransform, read_image_tensor
 from cnn_train.errors import UserError
@@ -126,6 +127,7 @@ class Batches:
         self.split, self.spec, self.batch_size, self.device = split, spec, batch_size, device
         self.rank, self.world = shard  # under torchrun each rank takes its slice of every global batch
         self.shuffle, self.generator, self.num_workers, self.strict = shuffle, generator, num_workers, strict
+        self.drop_last = drop_last
         # One image in a training batch breaks BatchNorm, so a short last batch is dropped in training.
         drop = drop_last and len(split) > batch_size
         full, rest = divmod(len(split), batch_size)
@@ -147,8 +149,11 @@ class Batches:
         bs = self.batch_size
         chunks = [order[i * bs : (i + 1) * bs] for i in range(skip, self.num_batches)]
         if self.world > 1:
-            per = -(-bs // self.world)
-            chunks = [c[self.rank * per : (self.rank + 1) * per] for c in chunks]
+            if (
+                self.drop_last
+            ):  # a training step needs every rank: DDP's all-reduce would wait for an empty one
+                chunks = [c for c in chunks if len(c) >= self.world]
+            chunks = [c.tensor_split(self.world)[self.rank] for c in chunks]
         return chunks
 
     def _file_loader(self) -> DataLoader:
@@ -160,6 +165,9 @@ class Batches:
                 collate_fn=_collate,
                 pin_memory=self.device.type == "cuda",
                 persistent_workers=self.num_workers > 0,
+                # Its own generator: each epoch's iterator draws a worker seed, which from the global stream
+                # would shift the augmentation draws of a run resumed mid-epoch.
+                generator=torch.Generator().manual_seed(0),
             )
         return self._loader
 
@@ -179,11 +187,18 @@ class Batches:
             batches = iter(self._file_loader())
         non_blocking = self.device.type == "cuda"
         for x, y in batches:
-            if len(y):
+            if self._take(len(y)):
                 yield (
                     x.to(self.device, non_blocking=non_blocking),
                     y.to(self.device, non_blocking=non_blocking),
                 )
+
+    def _take(self, n: int) -> bool:
+        """Whether to yield a decoded batch of `n` images; in sharded training only if every rank has some
+        (a rank whose files all failed to decode would otherwise leave the others waiting in the all-reduce)."""
+        if self.world > 1 and self.drop_last:
+            return distributed.all_min(n, self.device) > 0
+        return n > 0
 
     def __iter__(self) -> Iterator[Batch]:
         return self.epoch()

@@ -1,0 +1,145 @@
+"""One numerics for inference, whatever a run trained in: every test here runs in fp32 and in bf16.
+
+bf16 autocast runs on any x86 CPU (emulated, slowly, without AVX-512 BF16/AMX), so these tests exercise on
+every machine the path that `precision=auto` takes on a CPU or GPU with native bf16.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from cnn_train import checkpoint
+from cnn_train.data.loaders import Batches
+from cnn_train.data.transforms import Preprocess
+from cnn_train.engine import infer
+from cnn_train.evaluation import evaluate_checkpoint
+from cnn_train.export import export
+from cnn_train.interrupts import Interrupted
+from cnn_train.predict import predict
+from cnn_train.train import fit
+from tests.conftest import make_config, sigterm_after_first_save
+
+PRECISIONS = pytest.mark.parametrize("precision", ["32", "bf16"])
+# LeNet on a slice of Fashion-MNIST, deterministic, tested on 40 batches of the test split.
+RUN = [
+    "model=lenet", "data.batch_size=64", "trainer.limit_train_batches=30", "trainer.limit_val_batches=8",
+    "trainer.limit_test_batches=40", "optimizer.lr=0.003", "trainer.deterministic=true",
+]  # fmt: skip
+TIMING = {"seconds", "images_per_s"}
+
+
+def metrics(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "metrics.csv").open() as f:
+        return [{k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader(f)]
+
+
+def results(run_dir: Path) -> dict:
+    import json
+
+    return json.loads((run_dir / "results.json").read_text())
+
+
+@pytest.fixture(scope="module", params=["32", "bf16"])
+def trained(
+    request: pytest.FixtureRequest, fashion_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """One epoch of LeNet trained in fp32 or in bf16 autocast with channels_last."""
+    run_dir = tmp_path_factory.mktemp(f"numerics_{request.param}")
+    fit(make_config(*RUN, "trainer.max_epochs=1", f"trainer.precision={request.param}"), run_dir)
+    return run_dir
+
+
+def test_eval_reproduces_the_run_exactly(trained: Path) -> None:
+    ran = results(trained)
+    assert ran["precision"] in ("32", "bf16") and ran["channels_last"] is True
+    assert ran["inference"]["precision"] == "32"
+    assert checkpoint.load(trained / "best.pt")["inference"] == ran["inference"]
+    test = evaluate_checkpoint(trained / "best.pt", trained / "eval", limit_batches=40)
+    assert test["images"] == 40 * 64 and test["batch_size"] == 64  # the run's own batch size by default
+    assert test["accuracy"] == ran["test_acc"] and test["loss"] == ran["test_loss"]
+    assert ran["test_acc"] > 0.6  # 30 batches of LeNet: far above the 0.1 of chance
+    val = evaluate_checkpoint(trained / "best.pt", trained / "eval_val", split="val", limit_batches=8)
+    assert val["split"] == "val" and val["images"] == 8 * 64
+    assert val["accuracy"] == ran["best_val_acc"]
+
+
+def test_predict_and_export_compute_the_test_pass_logits(
+    trained: Path, fashion_root: Path, tmp_path: Path
+) -> None:
+    payload = checkpoint.load(trained / "best.pt")
+    spec = checkpoint.eval_transform(payload)
+    data = checkpoint.dataset(payload)
+    x, _ = next(iter(Batches(data.test, spec, 16, torch.device("cpu"))))
+    logits = infer(checkpoint.inference_model(payload, torch.device("cpu")), Preprocess(spec), x)
+    paths = [tmp_path / f"{i}.png" for i in range(16)]
+    for img, path in zip(x, paths, strict=True):
+        Image.fromarray(img[0].numpy()).save(path)  # PNG is lossless: the same uint8 pixels come back
+    rows, failed = predict(trained / "best.pt", paths, topk=10, batch_size=16)
+    assert failed == []
+    probs = logits.softmax(1)
+    for row, p in zip(rows, probs, strict=True):
+        name, prob = row.topk[0]
+        assert name == payload["classes"][int(p.argmax())] and prob == pytest.approx(float(p.max()), abs=1e-7)
+    _, diff = export(trained / "best.pt", "torchscript", tmp_path / "m.ts")
+    assert diff < 1e-4  # the export runs what the test pass runs, in the same numerics
+
+
+def test_flip_tta_averages_the_image_and_its_mirror(fashion_root: Path, tmp_path: Path) -> None:
+    for precision in ("32", "bf16"):
+        run_dir = tmp_path / precision
+        ran = fit(make_config(*RUN, "trainer.max_epochs=1", "trainer.tta=true", "trainer.limit_train_batches=10",
+                              "trainer.limit_test_batches=4", f"trainer.precision={precision}"), run_dir)  # fmt: skip
+        payload = checkpoint.load(run_dir / "best.pt")
+        model = checkpoint.restore_model(payload).eval()
+        spec = checkpoint.eval_transform(payload)
+        batches = Batches(checkpoint.dataset(payload).test, spec, 64, torch.device("cpu"), limit=4)
+        losses, hits = [], 0
+        with torch.no_grad():
+            for x, y in batches:
+                inputs = Preprocess(spec)(x)
+                p = (model(inputs).softmax(1) + model(inputs.flip(-1)).softmax(1)) / 2  # by hand
+                losses.append(-p[torch.arange(len(y)), y].log())
+                hits += int((p.argmax(1) == y).sum())
+        assert ran["tta"] is True
+        assert ran["test_acc"] == hits / 256
+        assert ran["test_loss"] == pytest.approx(float(torch.cat(losses).mean()), rel=1e-5)
+        plain = evaluate_checkpoint(run_dir / "best.pt", tmp_path / "plain", limit_batches=4)
+        assert plain["loss"] != pytest.approx(ran["test_loss"], rel=1e-3)  # TTA changed the logits
+
+
+@PRECISIONS
+def test_deterministic_runs_are_identical(precision: str, fashion_root: Path, tmp_path: Path) -> None:
+    cfg = make_config(
+        *RUN, "augmentation=basic", "trainer.max_epochs=2", "trainer.limit_train_batches=10",
+        "trainer.limit_test_batches=4", f"trainer.precision={precision}",
+    )  # fmt: skip
+    fit(cfg, tmp_path / "a")
+    fit(cfg, tmp_path / "b")
+    assert metrics(tmp_path / "a") == metrics(tmp_path / "b")
+    assert results(tmp_path / "a")["test_loss"] == results(tmp_path / "b")["test_loss"]
+
+
+@PRECISIONS
+def test_mid_epoch_resume_equals_the_uninterrupted_run(
+    precision: str, fashion_root: Path, tmp_path: Path
+) -> None:
+    over = [
+        *RUN, "augmentation=basic", "trainer.max_epochs=2", "trainer.limit_train_batches=15",
+        "trainer.limit_test_batches=4", "trainer.checkpoint_every_n_steps=5", f"trainer.precision={precision}",
+    ]  # fmt: skip
+    fit(make_config(*over), tmp_path / "reference")
+    stopped = tmp_path / "stopped"
+    watcher = sigterm_after_first_save(stopped)
+    with pytest.raises(Interrupted, match="SIGTERM at epoch 1"):
+        fit(make_config(*over), stopped)
+    watcher.join()
+    assert checkpoint.load(stopped / "last.pt")["partial"]["step"] >= 5
+    fit(make_config(*over, "trainer.resume=auto"), stopped)
+    assert metrics(stopped) == metrics(tmp_path / "reference")
+    ours, theirs = results(stopped), results(tmp_path / "reference")
+    assert (ours["test_acc"], ours["test_loss"]) == (theirs["test_acc"], theirs["test_loss"])
