@@ -77,7 +77,11 @@ def cache_split(split: FileSplit, spec: EvalTransform, num_workers: int, strict:
     Each later epoch is then a tensor gather, like the built-in datasets, instead of a JPEG decode per image.
     """
     loader = DataLoader(
-        _Files(split, spec, strict), batch_size=256, num_workers=num_workers, collate_fn=_collate
+        _Files(split, spec, strict),
+        batch_size=256,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        generator=torch.Generator().manual_seed(0),  # not the global stream: the model's init draws from it
     )
     images, labels = [], []
     for x, y in loader:
