@@ -65,7 +65,7 @@ def test_torchrun_two_gloo_processes_match_one(fashion_root: Path, tmp_path: Pat
 def test_batch_must_split_over_processes(fashion_root: Path, tmp_path: Path, monkeypatch) -> None:
     from cnn_train.distributed import World
     from cnn_train.errors import UserError
-    from cnn_train.train import build
+    from cnn_train.session import build
 
     with pytest.raises(UserError, match="data.batch_size: 65 .* must divide by the 2 processes"):
         build(make_config("model=lenet", "data.batch_size=65"), World(0, 2, 0), torch.device("cpu"))

@@ -20,8 +20,9 @@ from cnn_train.engine import infer
 from cnn_train.errors import UserError
 from cnn_train.hardware import resolve_speed
 from cnn_train.models import build_model
+from cnn_train.session import build
 from cnn_train.summary import summarize
-from cnn_train.train import build, fit
+from cnn_train.train import fit
 from tests.conftest import make_config
 from tests.test_train import read_metrics
 

@@ -70,22 +70,22 @@ def all_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def all_max(value: int, device: torch.device) -> int:
-    """The largest `value` over all processes (e.g. the signal any one of them got; 0 for none)."""
+def _all_reduce_int(value: int, device: torch.device, op: dist.ReduceOp) -> int:
     if not active():
         return value
     t = torch.tensor([value], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    dist.all_reduce(t, op=op)
     return int(t.item())
+
+
+def all_max(value: int, device: torch.device) -> int:
+    """The largest `value` over all processes (e.g. the signal any one of them got; 0 for none)."""
+    return _all_reduce_int(value, device, dist.ReduceOp.MAX)
 
 
 def all_min(value: int, device: torch.device) -> int:
     """The smallest `value` over all processes (e.g. whether every one of them has images for a step)."""
-    if not active():
-        return value
-    t = torch.tensor([value], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return int(t.item())
+    return _all_reduce_int(value, device, dist.ReduceOp.MIN)
 
 
 def broadcast(obj: Any) -> Any:

@@ -1,0 +1,190 @@
+"""What a run builds from its config before the first step: data, model, optimizer, schedule, the step.
+
+`build(cfg)` sizes everything from the data (classes, channels, input side), applies transferred weights and
+frozen layers, and under torchrun shards the batches and wraps the network in DistributedDataParallel.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from cnn_train import transfer
+from cnn_train.data.datasets import Dataset, load_dataset
+from cnn_train.data.loaders import Batches, cache_split, should_cache
+from cnn_train.data.transforms import EvalTransform, Preprocess
+from cnn_train.distributed import World
+from cnn_train.engine import TrainStep, show_bars
+from cnn_train.errors import UserError
+from cnn_train.hardware import (
+    Speed,
+    apply_speed,
+    compile_model,
+    fast_optimizer_kwargs,
+    pick_device,
+    resolve_speed,
+)
+from cnn_train.models import build_model
+from cnn_train.schedules import Schedule
+
+log = logging.getLogger(__name__)
+
+
+def image_size_for(cfg: DictConfig, data: Dataset) -> int:
+    """data.image_size, else the model's stated input side, else the data's own side."""
+    size = cfg.data.image_size or cfg.model.image_size or data.native_size
+    if size is None:
+        raise UserError("data.image_size: must be set for image folders (e.g. data.image_size=224)")
+    return int(size)
+
+
+@dataclass
+class Session:
+    """Everything a run builds from its config, before the first step."""
+
+    data: Dataset
+    spec: EvalTransform
+    model_spec: dict[str, Any]
+    model: nn.Module  # the weights that train and are saved (in the training memory format)
+    eval_model: nn.Module  # a contiguous fp32 copy that validation loads them into: the inference numerics
+    step: TrainStep  # one optimizer step: the training network (maybe compiled or DDP), precision, schedule
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    augment: nn.Module
+    train_batches: Batches
+    val_batches: Batches
+    shuffle: torch.Generator
+    device: torch.device
+    init: str  # where the starting weights came from
+    speed: Speed
+    scaler: torch.amp.GradScaler | None  # 16-mixed only
+    tta: bool
+    world: World = field(default_factory=World)
+
+    @property
+    def bars(self) -> bool:
+        return show_bars(self.world.is_main)
+
+
+def _fit_channels(values: tuple[float, ...], channels: int) -> tuple[float, ...]:
+    """Per-channel statistics for another channel count: averaged for grey, repeated for colour."""
+    if len(values) == channels:
+        return values
+    return (sum(values) / len(values),) if channels == 1 else values[:1] * channels
+
+
+def _weights_source(m: DictConfig) -> transfer.Source | None:
+    if m.pretrained:
+        return transfer.imagenet_source(m.name)
+    return transfer.file_source(m.weights) if m.weights else None
+
+
+def _load_data(cfg: DictConfig, source: transfer.Source | None) -> tuple[Dataset, EvalTransform]:
+    """The dataset and the eval transform: input side, channels and normalisation (the weights' own, if any)."""
+    want = cfg.data.channels
+    if source is not None and source.channels == 1:
+        want = 1  # grey weights: colour images are converted to grey
+    strict = cfg.data.strict
+    data = load_dataset(cfg.data.name, cfg.data.root, cfg.data.val_split, cfg.trainer.seed, want, strict)
+    size = image_size_for(cfg, data)
+    # Grey data into colour weights: the model takes one channel and the first conv's kernels are summed.
+    channels = 1 if data.channels == 1 or (source is not None and source.channels == 1) else data.channels
+    mean, std = tuple(cfg.data.mean), tuple(cfg.data.std)
+    if source is not None and source.mean is not None:
+        mean, std = source.mean, source.std  # the normalisation the weights were trained with
+    if len(mean) != len(std) or len(mean) not in (1, 3):
+        raise UserError(f"data.mean/data.std: {len(mean)} and {len(std)} values; give 1 or 3 of each")
+    spec = EvalTransform(size, channels, _fit_channels(mean, channels), _fit_channels(std, channels))
+    cache = cfg.data.cache
+    for part in ("train", "val", "test"):
+        split = getattr(data, part)
+        if split is not None and should_cache(split, spec, cache):
+            setattr(data, part, cache_split(split, spec, int(cfg.data.num_workers), strict))
+            n = len(getattr(data, part))
+            log.info("data.cache: decoded %d %s images once into memory at %d px", n, part, size)
+    return data, spec
+
+
+def _batches(cfg: DictConfig, data: Dataset, spec: EvalTransform, device: torch.device, world: World,
+             shuffle: torch.Generator) -> tuple[Batches, Batches]:  # fmt: skip
+    """This rank's training and validation batches (its shard of every global batch under torchrun)."""
+    tr, bs, workers = cfg.trainer, int(cfg.data.batch_size), int(cfg.data.num_workers)
+    common = {
+        "num_workers": workers,
+        "strict": cfg.data.strict,
+        "shard": (world.rank, world.size),
+    }
+    train = Batches(data.train, spec, bs, device, shuffle=True, drop_last=True, generator=shuffle,
+                    limit=tr.limit_train_batches, **common)  # fmt: skip
+    val = Batches(data.val, spec, bs, device, limit=tr.limit_val_batches, **common)
+    return train, val
+
+
+def _distribute(model: nn.Module, cfg: DictConfig, world: World, device: torch.device) -> nn.Module:
+    """The network the steps run: the model itself, or DistributedDataParallel around it under torchrun."""
+    if not world.active:
+        return model
+    if cfg.trainer.sync_batchnorm:
+        if device.type != "cuda":
+            raise UserError("trainer.sync_batchnorm: needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel)")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def build(cfg: DictConfig, world: World | None = None, device: torch.device | None = None) -> Session:
+    """Data, model (with transferred weights and frozen layers), optimizer and schedule, sized from the data.
+
+    Under torchrun (`world.active`) the batches are this rank's shard of each global batch of
+    `data.batch_size`, and the network runs inside DistributedDataParallel.
+    """
+    tr, m = cfg.trainer, cfg.model
+    world = world or World()
+    device = device or pick_device(tr.device)
+    if world.active and int(cfg.data.batch_size) % world.size:
+        raise UserError(
+            f"data.batch_size: {cfg.data.batch_size} (the global batch) must divide by the {world.size} processes"
+        )
+    speed = resolve_speed(tr, device)
+    apply_speed(speed, device, bool(tr.deterministic))
+    source = _weights_source(m)
+    data, spec = _load_data(cfg, source)
+    args = OmegaConf.to_container(m.args, resolve=True)
+    kwargs = {
+        "num_classes": len(data.classes),
+        "in_channels": spec.channels,
+        "image_size": spec.image_size,
+        **args,
+    }
+    model_spec = {"name": m.name, "kwargs": kwargs}
+    model = build_model(m.name, **kwargs)
+    if source is not None:
+        transfer.load_source(model, source)
+    transfer.freeze(model, m.finetune, int(m.trainable_layers))
+    eval_model = build_model(m.name, **kwargs).to(device).eval()
+    model = model.to(device)
+    if speed.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    shuffle = torch.Generator().manual_seed(tr.seed)
+    train_batches, val_batches = _batches(cfg, data, spec, device, world, shuffle)
+    factory = instantiate(cfg.optimizer)
+    fast = fast_optimizer_kwargs(factory, device, dict(cfg.optimizer))
+    optimizer = factory(params=[p for p in model.parameters() if p.requires_grad], **fast)
+    steps = len(train_batches)
+    schedule = Schedule(instantiate(cfg.scheduler), optimizer, tr.max_epochs * steps, steps)
+    augment = instantiate(cfg.augmentation)
+    scaler = torch.amp.GradScaler(device.type) if speed.precision == "16-mixed" else None
+    loss = nn.CrossEntropyLoss(label_smoothing=tr.label_smoothing)
+    net = compile_model(_distribute(model, cfg, world, device), speed)
+    preprocess = Preprocess(spec, speed.channels_last).to(device)
+    step = TrainStep(net, preprocess, augment, optimizer, schedule, loss, speed.precision, scaler)
+    return Session(
+        data, spec, model_spec, model, eval_model, step, optimizer, schedule, augment, train_batches, val_batches,
+        shuffle, device, source.origin if source is not None else "scratch", speed, scaler, bool(tr.tta), world,
+    )  # fmt: skip
