@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import datasets, transforms
 
+from cnn_train.config import register_schemas
 from cnn_train.data.datasets import DEBIAN_FASHION_MNIST, MNIST_FILES
 from cnn_train.hardware import physical_cores, pick_device
 from cnn_train.models import build_model
@@ -47,6 +48,7 @@ MEAN, STD = 0.2860, 0.3530
 
 
 def cnn_train_cfg(overrides: list[str]):
+    register_schemas()  # what cnn-train's entry point does before Hydra reads configs/train.yaml
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         return compose("train", overrides=overrides)
 
