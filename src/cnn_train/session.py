@@ -6,6 +6,7 @@ frozen layers, and under torchrun shards the batches and wraps the network in Di
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -167,7 +168,7 @@ def build(cfg: DictConfig, world: World | None = None, device: torch.device | No
     if source is not None:
         transfer.load_source(model, source)
     transfer.freeze(model, m.finetune, int(m.trainable_layers))
-    eval_model = build_model(m.name, **kwargs).to(device).eval()
+    eval_model = copy.deepcopy(model).to(device).eval()  # contiguous fp32, whatever the training copy becomes
     model = model.to(device)
     if speed.channels_last:
         model = model.to(memory_format=torch.channels_last)
