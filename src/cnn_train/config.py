@@ -49,6 +49,13 @@ class DataConfig:
 
 
 @dataclass
+class EarlyStoppingConfig:
+    patience: int | None = None  # stop after this many epochs without improvement; null = never
+    monitor: str = "val_acc"  # val_acc | val_loss: the validation metric watched
+    min_delta: float = 0.0  # an improvement must beat the best so far by more than this
+
+
+@dataclass
 class TrainerConfig:
     max_epochs: int = 10  # passes over the training split
     device: str = "auto"  # auto | cpu | cuda | mps (auto: cuda, then mps, then cpu)
@@ -66,6 +73,17 @@ class TrainerConfig:
     resume: str | None = None  # a last.pt, or auto (this run dir's, else the newest unfinished run's)
     checkpoint_every_n_steps: int | None = None  # also save last.pt every N steps; resume continues mid-epoch
     sync_batchnorm: bool = False  # under torchrun: BatchNorm becomes SyncBatchNorm (CUDA only)
+    ema_decay: float | None = (
+        None  # keep an EMA of the weights (e.g. 0.999): validated, saved as best, tested
+    )
+    grad_clip_norm: float | None = None  # clip the gradients' global L2 norm to this before each step
+    accumulate_grad_batches: int = 1  # optimizer step every N batches: effective batch = N × data.batch_size
+    decay_norm_and_bias: bool = False  # also weight-decay normalisation weights and biases (off: timm's rule)
+    class_weights: str | None = None  # null | balanced: inverse-frequency class weights in the training loss
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    max_time: str | None = (
+        None  # time budget from start, seconds or 90s | 10m | 1h30m; then best.pt is tested
+    )
 
 
 @dataclass

@@ -18,10 +18,12 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from cnn_train import distributed
 from cnn_train.data.transforms import Preprocess
+from cnn_train.ema import EMA
 from cnn_train.errors import UserError
 
 # What every inference pass computes in; recorded in checkpoints and results.json.
@@ -127,7 +129,12 @@ class Meter:
 
 
 class TrainStep:
-    """One batch: preprocess and augment, forward in the training precision, loss; then backward and step."""
+    """One batch: preprocess and augment, forward in the training precision, loss, backward; and the update.
+
+    With `accumulate` > 1 the gradients of that many batches add up before one `update` (each batch's loss
+    weighted by 1/group size, so the step equals one over the whole group); `syncing` skips DDP's gradient
+    all-reduce on the batches that only accumulate. `update` clips, steps, averages (EMA) and moves the lr.
+    """
 
     def __init__(
         self,
@@ -139,9 +146,13 @@ class TrainStep:
         loss_fn: nn.Module,
         precision: str,
         scaler: torch.amp.GradScaler | None = None,
+        clip_norm: float | None = None,
+        accumulate: int = 1,
+        ema: EMA | None = None,
     ) -> None:
         self.model, self.preprocess, self.augment, self.loss_fn = model, preprocess, augment, loss_fn
         self.optimizer, self.schedule, self.precision, self.scaler = optimizer, schedule, precision, scaler
+        self.clip_norm, self.accumulate, self.ema = clip_norm, accumulate, ema
         self.device = next(model.parameters()).device
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,18 +161,42 @@ class TrainStep:
             logits = self.model(inputs)
         return self.loss_fn(logits.float(), y), logits
 
-    def update(self, loss: torch.Tensor) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        if (
-            self.scaler is not None
-        ):  # fp16: scale the loss so small gradients survive, skip steps that overflow
-            self.scaler.scale(loss).backward()
+    def syncing(self, sync: bool) -> contextlib.AbstractContextManager:
+        """Under DDP, no gradient all-reduce for a batch that only accumulates (`sync` False)."""
+        if sync or not isinstance(self.model, DistributedDataParallel):
+            return contextlib.nullcontext()
+        return self.model.no_sync()
+
+    def backward(self, loss: torch.Tensor, weight: float = 1.0) -> None:
+        loss = loss * weight if weight != 1.0 else loss
+        # fp16: scale the loss so small gradients survive (the scaler skips steps that overflow)
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def update(self) -> None:
+        if self.clip_norm is not None:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            nn.utils.clip_grad_norm_(params, self.clip_norm, foreach=True)
+        if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            loss.backward()
             self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update()
         self.schedule.after_step()
+
+
+def accumulation_group(done: int, accumulate: int, total: int | None) -> tuple[int, bool]:
+    """For the batch after `done` batches of an epoch: its group's size, and whether it ends the group.
+
+    The epoch's last group may be shorter; it still ends with a step (Lightning's rule).
+    """
+    start = done // accumulate * accumulate
+    end = start + accumulate if total is None else min(start + accumulate, total)
+    return end - start, done + 1 >= end
 
 
 def keep_frozen_batchnorm_in_eval(model: nn.Module) -> None:
@@ -180,14 +215,15 @@ def train_one_epoch(
     step_fn: TrainStep,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     progress: EpochProgress,
-    after_step: Callable[[int, Callable[[], EpochProgress]], None] | None = None,
+    after_step: Callable[[int, Callable[[], EpochProgress]], bool] | None = None,
     total_steps: int | None = None,
     bars: bool = False,
 ) -> EpochProgress:
     """Train over `batches`, continuing `progress`; metrics stay on the device until someone reads them.
 
-    `after_step(step, snapshot)` runs after every optimizer step; `snapshot()` syncs the running sums
-    (a mid-epoch checkpoint calls it, the plain loop never does).
+    `after_step(step, snapshot)` runs after every optimizer step (`step` counts batches) and may return True
+    to end the epoch there; `snapshot()` syncs the running sums (a mid-epoch checkpoint calls it, the plain
+    loop never does).
     """
     step_fn.model.train()
     keep_frozen_batchnorm_in_eval(step_fn.model)
@@ -200,17 +236,21 @@ def train_one_epoch(
     bar = tqdm(batches, desc=f"epoch {progress.epoch}", total=total_steps, initial=progress.step, leave=False,
                dynamic_ncols=True, disable=not bars)  # fmt: skip
     for x, y in bar:
-        loss, logits = step_fn.forward(x, y)
-        guard.check(loss, meter.step + 1)
-        step_fn.update(loss)
+        group, last = accumulation_group(meter.step, step_fn.accumulate, total_steps)
+        with step_fn.syncing(last):
+            loss, logits = step_fn.forward(x, y)
+            guard.check(loss, meter.step + 1)
+            step_fn.backward(loss, 1 / group)
+        if last:
+            step_fn.update()
         meter.add(loss, logits, y)
         if bars and meter.step % 10 == 0:
             now = snapshot()
             rate = (now.seen - progress.seen) / max(now.seconds - progress.seconds, 1e-9)
             bar.set_postfix(loss=f"{now.loss_sum / now.seen:.3f}", acc=f"{now.correct / now.seen:.3f}",
                             img_s=f"{rate:.0f}")  # fmt: skip
-        if after_step is not None:
-            after_step(meter.step, snapshot)
+        if last and after_step is not None and after_step(meter.step, snapshot):
+            break  # the hook asked to stop here (a time budget ran out)
     return snapshot()
 
 

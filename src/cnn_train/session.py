@@ -18,10 +18,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from cnn_train import transfer
-from cnn_train.data.datasets import Dataset, load_dataset
+from cnn_train.data.datasets import Dataset, Split, TensorSplit, load_dataset
 from cnn_train.data.loaders import Batches, cache_split, should_cache
 from cnn_train.data.transforms import EvalTransform, Preprocess
 from cnn_train.distributed import World
+from cnn_train.ema import EMA
 from cnn_train.engine import TrainStep, show_bars
 from cnn_train.errors import UserError
 from cnn_train.hardware import (
@@ -68,10 +69,15 @@ class Session:
     scaler: torch.amp.GradScaler | None  # 16-mixed only
     tta: bool
     world: World = field(default_factory=World)
+    ema: EMA | None = None  # trainer.ema_decay: the averaged weights validated, saved as best and tested
 
     @property
     def bars(self) -> bool:
         return show_bars(self.world.is_main)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The weights a run evaluates and keeps as best.pt: the EMA's when there is one, else the model's."""
+        return self.ema.weights() if self.ema is not None else self.model.state_dict()
 
 
 def _fit_channels(values: tuple[float, ...], channels: int) -> tuple[float, ...]:
@@ -176,16 +182,51 @@ def build(cfg: DictConfig, world: World | None = None, device: torch.device | No
     train_batches, val_batches = _batches(cfg, data, spec, device, world, shuffle)
     factory = instantiate(cfg.optimizer)
     fast = fast_optimizer_kwargs(factory, device, dict(cfg.optimizer))
-    optimizer = factory(params=[p for p in model.parameters() if p.requires_grad], **fast)
-    steps = len(train_batches)
+    optimizer = factory(params=param_groups(model, tr.decay_norm_and_bias), **fast)
+    steps = optimizer_steps(len(train_batches), tr.accumulate_grad_batches)  # per epoch
     schedule = Schedule(instantiate(cfg.scheduler), optimizer, tr.max_epochs * steps, steps)
     augment = instantiate(cfg.augmentation)
     scaler = torch.amp.GradScaler(device.type) if speed.precision == "16-mixed" else None
-    loss = nn.CrossEntropyLoss(label_smoothing=tr.label_smoothing)
+    weight = balanced_weights(data.train, len(data.classes)).to(device) if tr.class_weights else None
+    loss = nn.CrossEntropyLoss(weight=weight, label_smoothing=tr.label_smoothing)
     net = compile_model(_distribute(model, cfg, world, device), speed)
     preprocess = Preprocess(spec, speed.channels_last).to(device)
-    step = TrainStep(net, preprocess, augment, optimizer, schedule, loss, speed.precision, scaler)
+    ema = EMA(model, float(tr.ema_decay)) if tr.ema_decay is not None else None
+    step = TrainStep(net, preprocess, augment, optimizer, schedule, loss, speed.precision, scaler,
+                     tr.grad_clip_norm, int(tr.accumulate_grad_batches), ema)  # fmt: skip
     return Session(
         data, spec, model_spec, model, eval_model, step, optimizer, schedule, augment, train_batches, val_batches,
         shuffle, device, source.origin if source is not None else "scratch", speed, scaler, bool(tr.tta), world,
+        ema,
     )  # fmt: skip
+
+
+def param_groups(model: nn.Module, decay_norm_and_bias: bool) -> list[dict[str, Any]]:
+    """The trainable parameters; without `decay_norm_and_bias`, norms and biases get no weight decay.
+
+    Decay pulls a BatchNorm scale or a bias towards zero without regularising anything (timm's
+    `param_groups_weight_decay`, torchvision's `norm_weight_decay=0`): every 0- and 1-dimensional tensor
+    is one of those.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if decay_norm_and_bias:
+        return [{"params": params}]
+    groups = [{"params": [p for p in params if p.ndim > 1]},
+              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]  # fmt: skip
+    return [g for g in groups if g["params"]]
+
+
+def optimizer_steps(batches: int, accumulate: int) -> int:
+    """Optimizer steps in an epoch of `batches` batches, one per `accumulate` (the last group may be short)."""
+    return -(-batches // accumulate)
+
+
+def balanced_weights(split: Split, n_classes: int) -> torch.Tensor:
+    """`trainer.class_weights=balanced`: n / (classes × n_c) for each class c, as scikit-learn computes them.
+
+    A class with no training images gets weight 0 (it never appears in the loss anyway).
+    """
+    labels = split.labels if isinstance(split, TensorSplit) else torch.tensor([y for _, y in split.samples])
+    counts = torch.bincount(labels, minlength=n_classes).double()
+    weights = len(labels) / (n_classes * counts.clamp(min=1))
+    return torch.where(counts > 0, weights, 0.0).float()

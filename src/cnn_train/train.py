@@ -27,6 +27,8 @@ from cnn_train.loggers import CsvLogger
 from cnn_train.models import min_image_size
 from cnn_train.rundir import RunDir
 from cnn_train.session import Session, build
+from cnn_train.stopping import MODES as STOP_MODES
+from cnn_train.stopping import Deadline, parse_duration, should_stop_early
 
 log = logging.getLogger(__name__)
 OPTIMIZABLE = ("best_val_acc", "test_acc", "test_loss", "wall_seconds")  # results a sweeper may optimize
@@ -45,10 +47,37 @@ def check_config(cfg: DictConfig) -> None:
         ("data.val_split", cfg.data.val_split, lambda v: 0 < v < 1, "must lie strictly between 0 and 1"),
         ("trainer.max_epochs", cfg.trainer.max_epochs, lambda v: v >= 1, "must be ≥ 1"),
         ("data.num_workers", cfg.data.num_workers, lambda v: v >= 0, "must be ≥ 0"),
+        (
+            "trainer.accumulate_grad_batches",
+            cfg.trainer.accumulate_grad_batches,
+            lambda v: v >= 1,
+            "must be ≥ 1",
+        ),
     ]
+    optional = [
+        (
+            "trainer.ema_decay",
+            cfg.trainer.ema_decay,
+            lambda v: 0 < v < 1,
+            "must lie strictly between 0 and 1",
+        ),
+        ("trainer.grad_clip_norm", cfg.trainer.grad_clip_norm, lambda v: v > 0, "must be > 0"),
+        (
+            "trainer.early_stopping.patience",
+            cfg.trainer.early_stopping.patience,
+            lambda v: v >= 1,
+            "must be ≥ 1",
+        ),
+    ]
+    checks += [c for c in optional if c[1] is not None]
     for key, value, ok, why in checks:
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not ok(value):
             raise UserError(f"{key}: {value!r} {why}")
+    if cfg.trainer.class_weights not in (None, "balanced"):
+        raise UserError(f"trainer.class_weights: {cfg.trainer.class_weights!r} is not null or balanced")
+    if (monitor := cfg.trainer.early_stopping.monitor) not in STOP_MODES:
+        raise UserError(f"trainer.early_stopping.monitor: {monitor!r} is not one of {', '.join(STOP_MODES)}")
+    parse_duration(cfg.trainer.max_time)
     metric = cfg.optimized_metric
     if metric not in OPTIMIZABLE:
         raise UserError(f"optimized_metric: {metric!r} is not one of {', '.join(OPTIMIZABLE)}")
@@ -129,7 +158,7 @@ class Checkpoints:
     common: dict[str, Any]
 
     def best(self, epoch: int, metrics: dict[str, float]) -> None:
-        self.run.save("best.pt", {**self.common, "state_dict": self.s.model.state_dict(), "epoch": epoch,
+        self.run.save("best.pt", {**self.common, "state_dict": self.s.weights(), "epoch": epoch,
                                   "metrics": metrics})  # fmt: skip
 
     def last(self, epoch_done: int, **extra: Any) -> None:
@@ -138,25 +167,34 @@ class Checkpoints:
             **self.common, "state_dict": s.model.state_dict(), "epoch": epoch_done,
             "optimizer": s.optimizer.state_dict(), "scheduler": s.schedule.state_dict(),
             "rng": checkpoint.rng_state(s.shuffle), "history": st.history, "best_val_acc": st.best_val_acc,
-            "best_epoch": st.best_epoch, "scaler": s.scaler.state_dict() if s.scaler else None, **extra,
+            "best_epoch": st.best_epoch, "scaler": s.scaler.state_dict() if s.scaler else None,
+            "ema": s.ema.state_dict() if s.ema else None, **extra,
         })  # fmt: skip
 
 
 class MidEpoch:
-    """After every step: on a stop signal, or every `every` steps, last.pt takes the epoch's progress so far."""
+    """After every step: on a stop signal, every `every` steps, or when the time budget is spent, last.pt
+    takes the epoch's progress so far. A signal raises `Interrupted`; the budget ends the epoch (returns True).
+    """
 
-    def __init__(self, saves: Checkpoints, epoch: int, every: int, stop: StopRequests) -> None:
-        self.saves, self.epoch, self.every, self.stop = saves, epoch, every, stop
+    def __init__(
+        self, saves: Checkpoints, epoch: int, every: int, stop: StopRequests, deadline: Deadline
+    ) -> None:
+        self.saves, self.epoch, self.every, self.stop, self.deadline = saves, epoch, every, stop, deadline
         self.shuffle_state = saves.s.shuffle.get_state()  # replayed on resume: the epoch's own shuffle
+        self.timed_out = False
 
-    def __call__(self, step: int, snapshot: Callable[[], EpochProgress]) -> None:
-        signum = self.stop.agreed(self.saves.s.device)
-        if signum is None and not (self.every and step % self.every == 0):
-            return
-        now = _global(snapshot(), self.saves.s.device)
+    def __call__(self, step: int, snapshot: Callable[[], EpochProgress]) -> bool:
+        device = self.saves.s.device
+        signum = self.stop.agreed(device)
+        self.timed_out = self.deadline.passed(device)
+        if signum is None and not self.timed_out and not (self.every and step % self.every == 0):
+            return False
+        now = _global(snapshot(), device)
         self.saves.last(self.epoch - 1, partial={**asdict(now), "shuffle_state": self.shuffle_state})
         if signum is not None:
             raise Interrupted(signum, self.epoch, step, self.saves.run.path / "last.pt")
+        return self.timed_out
 
 
 def resume(cfg: DictConfig, s: Session, run: RunDir) -> TrainState:
@@ -177,7 +215,15 @@ def resume(cfg: DictConfig, s: Session, run: RunDir) -> TrainState:
             f"older cnn-train); resume with the same scheduler, or start anew with model.weights={path}"
         )
     s.model.load_state_dict(last["state_dict"])
-    s.optimizer.load_state_dict(last["optimizer"])
+    try:
+        s.optimizer.load_state_dict(last["optimizer"])
+    except ValueError as e:  # other param groups: written before norms and biases got their own, or toggled
+        raise UserError(
+            f"trainer.resume: {path} holds optimizer state for other parameter groups ({e}); resume with the "
+            "settings it was written with (trainer.decay_norm_and_bias), or start anew with model.weights"
+        ) from e
+    if s.ema is not None and last.get("ema"):
+        s.ema.load_state_dict(last["ema"])
     s.schedule.load_state_dict(last["scheduler"])  # after the optimizer: it may rebuild for a new length
     if s.scaler is not None and last["scaler"]:
         s.scaler.load_state_dict(last["scaler"])
@@ -196,7 +242,7 @@ def resume(cfg: DictConfig, s: Session, run: RunDir) -> TrainState:
 def validate(s: Session) -> dict[str, float]:
     """Validation in the inference numerics: the trained weights copied into the contiguous fp32 model."""
     distributed.sync_buffers(s.model)  # rank 0's BatchNorm statistics everywhere: the weights rank 0 saves
-    s.eval_model.load_state_dict(s.model.state_dict())
+    s.eval_model.load_state_dict(s.weights())
     return evaluate(s.eval_model, s.val_batches, Preprocess(s.spec).to(s.device), "val", s.tta, s.bars)
 
 
@@ -221,27 +267,33 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         if not world.is_main:  # same weights (DDP copies rank 0's), different augmentation and dropout draws
             torch.manual_seed(tr.seed + 7919 * world.rank + state.epoch + 1)
         run.start(s.data.classes, common["config"], lambda p: plot_samples(s, p))
-        saves = Checkpoints(run, s, state, common)
+        saves, deadline = Checkpoints(run, s, state, common), Deadline(parse_duration(tr.max_time), started)
+        ended = "finished"
         for epoch in range(state.epoch + 1, tr.max_epochs + 1):
             progress = state.begin(epoch, s)
-            hook = MidEpoch(saves, epoch, tr.checkpoint_every_n_steps or 0, stop)
+            hook = MidEpoch(saves, epoch, tr.checkpoint_every_n_steps or 0, stop, deadline)
             batches = s.train_batches.epoch(skip=progress.step)
             done = train_one_epoch(s.step, batches, progress, hook, len(s.train_batches), s.bars)
             done = _global(done, s.device)
             val = validate(s)
-            s.schedule.after_epoch({"val_loss": val["loss"], "val_acc": val["acc"]})
             row, improved = state.record(done, val)
             metrics = {"val_acc": val["acc"], "val_loss": val["loss"], "train_acc": row["train_acc"]}
             if improved:
                 saves.best(epoch, metrics)
-            saves.last(epoch, metrics=metrics)
+            if not hook.timed_out:  # a cut-short epoch keeps its mid-epoch last.pt: a resume finishes it
+                s.schedule.after_epoch({"val_loss": val["loss"], "val_acc": val["acc"]})
+                saves.last(epoch, metrics=metrics)
             run.epoch_done(state.history)
             log_epoch(row, tr.max_epochs)
             if (signum := stop.agreed(s.device)) is not None:
                 raise Interrupted(signum, epoch, done.step, path / "last.pt")
+            if hook.timed_out or should_stop_early(state.history, tr.early_stopping):
+                ended = "max_time" if hook.timed_out else "early_stopping"
+                log.info("stopping after epoch %d: %s", epoch, ended.replace("_", " "))
+                break
         distributed.barrier()  # best.pt is on disk before any rank reads it
         test = test_best(cfg, s, path)
-        results = summarize(cfg, s, state, test, time.perf_counter() - started)
+        results = summarize(cfg, s, state, test, time.perf_counter() - started, ended)
         run.finish(results)
     return results
 
@@ -271,14 +323,17 @@ def log_epoch(row: dict[str, Any], epochs: int) -> None:
 
 
 def summarize(
-    cfg: DictConfig, s: Session, state: TrainState, test: dict[str, float] | None, seconds: float
+    cfg: DictConfig, s: Session, state: TrainState, test: dict[str, float] | None, seconds: float, ended: str
 ) -> dict[str, Any]:
-    """results.json: the accuracies, and the settings `auto` chose, so a number says how it was made."""
-    params = list(s.model.parameters())
+    """results.json: the accuracies, why and when the run ended, and the settings behind the number."""
+    params, tr = list(s.model.parameters()), cfg.trainer
     return {
         "model": cfg.model.name, "data": s.data.name,
         "test_acc": test["acc"] if test else None, "test_loss": test["loss"] if test else None,
-        "best_val_acc": state.best_val_acc, "best_epoch": state.best_epoch, "epochs": cfg.trainer.max_epochs,
+        "best_val_acc": state.best_val_acc, "best_epoch": state.best_epoch, "epochs": tr.max_epochs,
+        "epochs_run": state.epoch, "stop_reason": ended, "ema_decay": tr.ema_decay,
+        "effective_batch_size": int(cfg.data.batch_size) * int(tr.accumulate_grad_batches),
+        "grad_clip_norm": tr.grad_clip_norm,
         "parameters": sum(p.numel() for p in params),
         "trainable_parameters": sum(p.numel() for p in params if p.requires_grad),
         "precision": s.speed.precision, "channels_last": s.speed.channels_last, "compile": s.speed.compile,
