@@ -6,6 +6,7 @@ Built-in datasets are small, so they are held in memory as uint8 tensors; image 
 
 from __future__ import annotations
 
+import functools
 import gzip
 import logging
 import pickle
@@ -72,7 +73,21 @@ class Dataset:
 
 
 def read_idx(path: Path) -> torch.Tensor:
-    """Read an IDX file (the MNIST format), gzipped or not, as a uint8 tensor."""
+    """Read an IDX file (the MNIST format), gzipped or not, as a uint8 tensor (shared: do not modify it).
+
+    Decoded once per process and file version (path, size, mtime): a sweep's jobs or a test session that
+    load the same dataset again skip the gunzip, which takes longer than a small run's training.
+    """
+    try:
+        stat = path.stat()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read IDX file ({e})") from e
+    return _read_idx(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_idx(name: str, size: int, mtime_ns: int) -> torch.Tensor:
+    path = Path(name)
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     except (OSError, EOFError) as e:
