@@ -75,8 +75,10 @@ class Page:
         return reply["result"]
 
     def evaluate(self, expression: str) -> Any:
-        """The value of a JavaScript expression in the page (thrown errors fail the test)."""
-        result = self.call("Runtime.evaluate", session=True, expression=expression, returnByValue=True)
+        """The value of a JavaScript expression (a promise: its result) in the page; a throw fails the test."""
+        result = self.call(
+            "Runtime.evaluate", session=True, expression=expression, returnByValue=True, awaitPromise=True
+        )
         if "exceptionDetails" in result:
             raise AssertionError(f"{expression}: {result['exceptionDetails']}")
         return result["result"].get("value")

@@ -106,7 +106,10 @@ SORT = """(() => {
 def test_reports_render_in_chromium(sweep_dir: Path, page: str, images: int, header: str) -> None:
     browser = open_page(sweep_dir / page)
     try:
-        widths = browser.evaluate("[...document.images].map(i => i.complete ? i.naturalWidth : 0)")
+        # decode() rejects an image whose data is broken, even where the PNG header gave it a width.
+        widths = browser.evaluate(
+            "Promise.all([...document.images].map(i => i.decode().then(() => i.naturalWidth, () => 0)))"
+        )
         up, down = browser.evaluate(SORT % header)
         errors = browser.errors
     finally:

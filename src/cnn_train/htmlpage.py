@@ -21,7 +21,7 @@ h1{margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin
 table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
 th,td{border:1px solid #ddd;padding:.25em .6em;text-align:left;vertical-align:top}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
-th{background:#f4f4f4}
+th{background:#f4f4f4}tfoot td{font-weight:600}
 table.sortable th{cursor:pointer;user-select:none}
 table.sortable th[aria-sort=ascending]::after{content:" \\25B2"}
 table.sortable th[aria-sort=descending]::after{content:" \\25BC"}
@@ -91,15 +91,19 @@ def cell(value: Any, shown: str | None = None) -> str:
     return f'<td class="num" data-sort="{esc(value)}">{esc(text)}</td>'
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], sortable: bool = True) -> str:
-    """A table; a row item may be a value or a (value, shown text) pair."""
+def _row(row: Sequence[Any]) -> str:
+    return "<tr>" + "".join(cell(*v) if isinstance(v, tuple) else cell(v) for v in row) + "</tr>\n"
+
+
+def table(
+    headers: Sequence[str], rows: Iterable[Sequence[Any]], sortable: bool = True, foot: Sequence[Any] = ()
+) -> str:
+    """A table; a row item may be a value or a (value, shown text) pair; `foot` (a total) is never sorted."""
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = "".join(
-        "<tr>" + "".join(cell(*v) if isinstance(v, tuple) else cell(v) for v in row) + "</tr>\n"
-        for row in rows
-    )
+    body = "".join(_row(row) for row in rows)
+    tfoot = f"<tfoot>{_row(foot)}</tfoot>" if foot else ""
     cls = ' class="sortable"' if sortable else ""
-    return f"<table{cls}><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>"
+    return f"<table{cls}><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody>{tfoot}</table>"
 
 
 def facts(items: Iterable[tuple[str, Any]]) -> str:

@@ -71,8 +71,8 @@ def data(run_dir: Path, extra: dict[str, Any]) -> str:
         splits = list(counts)
         classes = list(dict.fromkeys(c for split in counts.values() for c in split))
         rows = [[c, *(counts[s].get(c) for s in splits)] for c in classes]
-        rows.append(["total", *(sum(counts[s].values()) for s in splits)])
-        parts += ["<h3>Images per class</h3>", h.table(["class", *splits], rows)]
+        total = ["total", *(sum(counts[s].values()) for s in splits)]
+        parts += ["<h3>Images per class</h3>", h.table(["class", *splits], rows, foot=total)]
     else:
         parts.append(h.note("no class counts recorded"))
     parts.append(h.figure(run_dir / "samples.png", "first training images after augmentation"))
