@@ -22,8 +22,8 @@ from cnn_train.report import read_metrics
 from cnn_train.sweeps import collect
 
 log = logging.getLogger(__name__)
-COLUMNS = ["job", "swept", "status", "best", "best_val_acc", "test_acc", "parameters", "FLOPs", "seconds",
-           "images/s", "overrides"]  # fmt: skip
+COLUMNS = ["job", "overrides", "status", "best", "best_val_acc", "test_acc", "parameters", "FLOPs", "seconds",
+           "images/s"]  # fmt: skip
 
 
 def sweep_config(sweep_dir: Path) -> dict[str, Any]:
@@ -58,14 +58,23 @@ def job_rows(sweep_dir: Path, metric: str) -> list[dict[str, Any]]:
 
 
 def leaderboard(rows: list[dict[str, Any]]) -> str:
+    """One row per job; `overrides` shows what sets the job apart (what all share is said once above)."""
+
     def shown(r: dict[str, Any], k: str) -> Any:
-        if k == "FLOPs" and r[k] is not None:
-            return (r[k], h.si(r[k]))
+        value = r.get(k)
+        if value is None:
+            return None
+        if k == "FLOPs":
+            return (value, h.si(value))
+        if k in ("seconds", "images/s"):
+            return (value, f"{value:,.1f}")
         if k == "status" and r.get("error"):
             return f"failed: {r['error']}"
-        return r.get(k)
+        return r["swept"] or r["overrides"] if k == "overrides" else value
 
-    return h.table(COLUMNS, [[shown(r, k) for k in COLUMNS] for r in rows])
+    common = [o for o in rows[0]["overrides"].split() if o not in rows[0]["swept"].split()] if rows else []
+    shared = f"<p>Every job also had: <code>{h.esc(' '.join(common))}</code></p>" if common else ""
+    return shared + h.table(COLUMNS, [[shown(r, k) for k in COLUMNS] for r in rows])
 
 
 def curves(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
