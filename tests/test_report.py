@@ -66,9 +66,12 @@ def test_run_report_has_the_runs_numbers_and_command(sweep_dir: Path) -> None:
 
 def test_sweep_report_compares_both_jobs(sweep_dir: Path) -> None:
     page = (sweep_dir / "report.html").read_text()
+    board = page[page.index("Leaderboard") : page.index("Validation curves")]
     for job in ("0", "1"):
         overrides = yaml.safe_load((sweep_dir / job / ".hydra" / "overrides.yaml").read_text())
-        assert " ".join(overrides) in page
+        row = board[board.index(f"<tr><td>{job}</td>") :].split("</tr>")[0]
+        assert next(o for o in overrides if o.startswith("model=")) in row and "ok" in row
+        assert all(o in board for o in overrides)  # the job's own in its row, the shared ones above
     assert "Optuna search" in page and "2 finished trials" in page
     importances = page[page.index("Parameter importances") :]
     assert "optimizer.lr" in importances and "<td>model</td>" in importances
