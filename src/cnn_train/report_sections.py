@@ -10,6 +10,8 @@ from cnn_train import htmlpage as h
 from cnn_train.report import command, number, read_metrics, resolved_config
 
 SPEED = ("precision", "channels_last", "compile", "threads", "processes", "tta")
+# Training settings results.json records when the run used them (shown only where present and set).
+TRAINING = ("epochs_run", "stop_reason", "effective_batch_size", "ema_decay", "grad_clip_norm")
 
 
 def run_sections(run_dir: Path, results: dict[str, Any], extra: dict[str, Any]) -> list[str]:
@@ -42,9 +44,10 @@ def overview(results: dict[str, Any], extra: dict[str, Any]) -> str:
             h.si(flops) + (f" at {size}" if size else "") if flops else "not counted",
         ),
     ]
+    training = [(k.replace("_", " "), results[k]) for k in TRAINING if results.get(k) is not None]
     speed = [(f"speed: {k}", results[k]) for k in SPEED if k in results]
     numerics = ", ".join(f"{k} {v}" for k, v in results.get("inference", {}).items())
-    return h.section("Summary", h.facts([*items, *speed, ("inference numerics", numerics)]))
+    return h.section("Summary", h.facts([*items, *training, *speed, ("inference numerics", numerics)]))
 
 
 def curves(run_dir: Path) -> str:
