@@ -332,6 +332,20 @@ def train_main() -> None:
     _run(_train)
 
 
+def report_main() -> None:
+    """`cnn-report DIR`: rebuild report.html of a run dir or a sweep dir from the files it holds."""
+    from cnn_train.report import build_report
+
+    if len(sys.argv) != 2 or sys.argv[1].startswith("-"):
+        _fail("usage: cnn-report RUN_DIR|SWEEP_DIR (rebuilds its report.html)")
+    try:
+        path = build_report(Path(sys.argv[1]).expanduser())
+    except UserError as e:
+        _fail(str(e))
+        return
+    console.print(f"wrote {path}", highlight=False)
+
+
 def predict_main() -> None:
     """`cnn-predict`: classify images with a checkpoint."""
     _run(_predict)

@@ -279,8 +279,12 @@ def evaluate(
     desc: str = "eval",
     tta: bool = False,
     bars: bool = False,
+    on_batch: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> dict[str, float]:
-    """Mean cross-entropy and accuracy over `batches`, summed over every process of the run."""
+    """Mean cross-entropy and accuracy over `batches`, summed over every process of the run.
+
+    `on_batch(x, y, logits)` sees every batch (the report's confusion matrix: no second pass over the data).
+    """
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -290,6 +294,8 @@ def evaluate(
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
+        if on_batch is not None:
+            on_batch(x, y, logits)
     counts = [loss_sum.double(), correct.double(), torch.tensor(seen, device=device).double()]
     sums = distributed.all_sum(torch.stack(counts))
     total_loss, total_correct, total_seen = sums.tolist()

@@ -102,3 +102,34 @@ def plot_annotated(image_path: str | Path, title: str, path: str | Path) -> None
     ax.set_title(title)
     ax.axis("off")
     _save(fig, path)
+
+
+def plot_lines(
+    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    xlabel: str,
+    ylabel: str,
+    path: str | Path,
+    marker: str = "o",
+) -> None:
+    """Several named (x, y) lines on one axis: every sweep job's validation curve, a search's history."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for label, (xs, ys) in series.items():
+        ax.plot(list(xs), list(ys), marker=marker, markersize=3, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    if len(series) <= 12:  # beyond that a legend hides the plot; the leaderboard names the jobs
+        ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def plot_bars(values: dict[str, float], xlabel: str, path: str | Path) -> None:
+    """Horizontal bars, largest on top (Optuna's parameter importances)."""
+    plt = _pyplot()
+    names = list(values)[::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.4 * len(names) + 1.2))
+    ax.barh(names, [values[n] for n in names])
+    ax.set_xlabel(xlabel)
+    ax.grid(True, axis="x", alpha=0.3)
+    _save(fig, path)

@@ -43,7 +43,7 @@ def collect(sweep_dir: Path, metric: str = "best_val_acc") -> list[dict[str, Any
 
 
 class SweepSummary(Callback):
-    """Hydra callback: writes <sweep dir>/summary.csv when the multirun ends."""
+    """Hydra callback: writes <sweep dir>/summary.csv and report.html when the multirun ends."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from rich.console import Console
@@ -73,3 +73,6 @@ class SweepSummary(Callback):
             table.add_row(*("" if r.get(k) is None else f"{r[k]:.4f}" if isinstance(r[k], float) else str(r[k])
                             for k in shown))  # fmt: skip
         Console(stderr=True).print(table)
+        from cnn_train.sweep_report import after_sweep
+
+        after_sweep(sweep_dir, str(config.optimized_metric))

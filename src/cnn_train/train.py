@@ -25,6 +25,7 @@ from cnn_train.hardware import pick_device
 from cnn_train.interrupts import Interrupted, StopRequests
 from cnn_train.loggers import CsvLogger
 from cnn_train.models import min_image_size
+from cnn_train.report import TestRecord, after_run
 from cnn_train.rundir import RunDir
 from cnn_train.session import Session, build
 from cnn_train.stopping import MODES as STOP_MODES
@@ -292,9 +293,11 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                 log.info("stopping after epoch %d: %s", epoch, ended.replace("_", " "))
                 break
         distributed.barrier()  # best.pt is on disk before any rank reads it
-        test = test_best(cfg, s, path)
+        record = TestRecord(s.data.classes)
+        test = test_best(cfg, s, path, record)
         results = summarize(cfg, s, state, test, time.perf_counter() - started, ended)
         run.finish(results)
+        after_run(path, world.is_main, s, record)  # report.html; only warns if it cannot be written
     return results
 
 
@@ -351,7 +354,9 @@ def plot_samples(s: Session, path: Path, n: int = 32) -> None:
     plots.plot_grid(images, [s.data.classes[i] for i in y.tolist()], path)
 
 
-def test_best(cfg: DictConfig, s: Session, run_dir: Path) -> dict[str, float] | None:
+def test_best(
+    cfg: DictConfig, s: Session, run_dir: Path, record: TestRecord | None = None
+) -> dict[str, float] | None:
     """best.pt on the test split, loaded and run exactly as cnn-eval runs it; None without a test split."""
     if s.data.test is None:
         return None
@@ -360,4 +365,4 @@ def test_best(cfg: DictConfig, s: Session, run_dir: Path) -> dict[str, float] | 
         s.data.test, s.spec, int(cfg.data.batch_size), s.device, num_workers=int(cfg.data.num_workers),
         limit=cfg.trainer.limit_test_batches, shard=(s.world.rank, s.world.size),
     )  # fmt: skip
-    return evaluate(model, batches, Preprocess(s.spec).to(s.device), "test", s.tta, s.bars)
+    return evaluate(model, batches, Preprocess(s.spec).to(s.device), "test", s.tta, s.bars, record)
