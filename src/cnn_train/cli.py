@@ -33,7 +33,7 @@ from rich.console import Console, Group
 from rich.markup import escape
 from rich.table import Table
 
-from cnn_train import files, plots
+from cnn_train import files, lrfind, plots
 from cnn_train.config import check_declared_keys, register_schemas, unknown_key
 from cnn_train.data.datasets import describe
 from cnn_train.distributed import world_from_env
@@ -45,7 +45,7 @@ from cnn_train.interrupts import Interrupted
 from cnn_train.models import build_model
 from cnn_train.predict import expand_inputs, newest_checkpoint, predict, write_predictions
 from cnn_train.summary import summarize
-from cnn_train.train import fit
+from cnn_train.train import check_config, fit
 
 log = logging.getLogger("cnn_train")
 console = Console(stderr=True, soft_wrap=True)
@@ -162,6 +162,20 @@ def train_task(cfg: DictConfig) -> float | None:
 
 
 _train = hydra.main(version_base="1.3", config_path=_config_dir(), config_name="train")(train_task)
+
+
+@hydra.main(version_base="1.3", config_path=_config_dir(), config_name="train")
+def _lrfind(cfg: DictConfig) -> None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        check_declared_keys(cfg)
+        check_config(cfg)
+        found = lrfind.find(cfg, run_dir)
+    except USER_ERRORS as e:
+        _fail(user_error(e))
+        return
+    print(f"suggested_lr: {found['suggested_lr']:.3g}")
+    console.print(f"wrote lr_find.json and lr_find.png to {run_dir}", highlight=False)
 
 
 @hydra.main(version_base="1.3", config_path=_config_dir(), config_name="predict")
@@ -344,6 +358,11 @@ def report_main() -> None:
         _fail(str(e))
         return
     console.print(f"wrote {path}", highlight=False)
+
+
+def lrfind_main() -> None:
+    """`cnn-lrfind` (cnn-train's overrides): the lr range test, lr_find.json/.png and the suggested lr."""
+    _run(_lrfind)
 
 
 def predict_main() -> None:

@@ -84,6 +84,9 @@ class TrainerConfig:
     max_time: str | None = (
         None  # time budget from start, seconds or 90s | 10m | 1h30m; then best.pt is tested
     )
+    lr_find: bool = False  # run the lr range test (cnn-lrfind) first and train at its suggested optimizer.lr
+    lr_find_range: list[float] = field(default_factory=lambda: [1.0e-7, 10.0])  # range test: first, last lr
+    lr_find_steps: int = 100  # range-test steps (at most one epoch); it stops early once the loss diverges
 
 
 @dataclass

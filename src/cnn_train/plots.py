@@ -133,3 +133,22 @@ def plot_bars(values: dict[str, float], xlabel: str, path: str | Path) -> None:
     ax.set_xlabel(xlabel)
     ax.grid(True, axis="x", alpha=0.3)
     _save(fig, path)
+
+
+def plot_lr_find(record: dict[str, Any], path: str | Path) -> None:
+    """The range test's loss against the lr (log axis): raw, smoothed, and the suggested lr marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(record["lrs"], record["losses"], "-", alpha=0.3, label="loss")
+    ax.plot(record["lrs"], record["smoothed"], "-", label="smoothed loss")
+    best, suggested = record["min_loss_lr"], record["suggested_lr"]
+    ax.axvline(best, color="grey", linestyle=":", label=f"min loss at {best:.2g}")
+    ax.axvline(suggested, color="red", linestyle="--", label=f"suggested {suggested:.2g}")
+    ax.set_xscale("log")
+    low, first = min(record["losses"]), record["smoothed"][0]
+    ax.set_ylim(0.9 * low, 1.1 * min(max(record["smoothed"]), 2 * first))  # the divergence runs off the top
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    _save(fig, path)

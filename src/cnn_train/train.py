@@ -14,7 +14,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from cnn_train import checkpoint, distributed, plots
+from cnn_train import checkpoint, distributed, lrfind, plots
 from cnn_train.config import check_target_keys
 from cnn_train.data.loaders import Batches
 from cnn_train.data.transforms import Preprocess
@@ -259,6 +259,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     tr, world = cfg.trainer, world_from_env()
     device = distributed.init(world, pick_device(tr.device))
     path = Path(distributed.broadcast(str(run_dir)))  # ranks started in different seconds agree on one
+    cfg = lrfind.apply(cfg, path, world, device)  # trainer.lr_find: optimizer.lr becomes its suggestion
     seed_everything(tr.seed, tr.deterministic)
     s = build(cfg, world, device)
     common = describe(cfg, s)
@@ -342,6 +343,7 @@ def summarize(
         "precision": s.speed.precision, "channels_last": s.speed.channels_last, "compile": s.speed.compile,
         "threads": s.speed.threads, "tta": s.tta, "inference": INFERENCE, "processes": s.world.size,
         "wall_seconds": round(seconds, 2),
+        "lr_find": {"suggested_lr": cfg.optimizer.lr, "curve": "lr_find.json"} if cfg.trainer.lr_find else None,
     }  # fmt: skip
 
 
