@@ -13,16 +13,23 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cnn_train.lrfind import find
 from cnn_train.train import fit
 from tests.conftest import make_config
 
-# LeNet on 60 batches of 64 real images: enough steps for the loss to fall from ln 10 and blow up.
-RANGE = ["model=lenet", "data.batch_size=64", "trainer.limit_train_batches=60", "trainer.lr_find_steps=60"]
+# LeNet and Adam on 100 batches of 64 real images, 12 steps a decade: the loss falls from ln 10 around lr 1e-2,
+# then (Adam's steps grow with the lr) blows up before the end lr 1e4.
+RANGE = [
+    "model=lenet",
+    "data.batch_size=64",
+    "trainer.limit_train_batches=100",
+    "trainer.lr_find_range=[1e-4,1e4]",
+    "trainer.device=cpu",
+    "trainer.threads=1",  # two threads on a shared 2-core machine: 10× slower steps
+]
 
 
 def config(root: Path, *overrides: str) -> Any:
-    return make_config(*RANGE, f"data.root={root}", "trainer.device=cpu", *overrides)
+    return make_config(*RANGE, f"data.root={root}", *overrides)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +37,7 @@ def found(fashion_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     """cnn-lrfind as a user runs it: the run dir's lr_find.json, the dir, and what it printed."""
     cwd = tmp_path_factory.mktemp("lrfind")
     script = "import sys; from cnn_train.cli import lrfind_main; sys.argv[0] = 'cnn-lrfind'; lrfind_main()"
-    args = [*RANGE, f"data.root={fashion_root}", "trainer.device=cpu"]
+    args = [*RANGE, f"data.root={fashion_root}"]
     proc = subprocess.run([sys.executable, "-c", script, *args], cwd=cwd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     (path,) = (cwd / "outputs").rglob("lr_find.json")
@@ -41,8 +48,8 @@ def test_curve_has_its_minimum_where_the_loss_is_lowest(found: tuple[dict[str, A
     record, run_dir, printed = found
     lrs, losses, smoothed = (np.array(record[k]) for k in ("lrs", "losses", "smoothed"))
     # Each loss is paired with the lr its step trained at: the exponential ramp from 1e-7 towards 10.
-    assert lrs[0] == pytest.approx(1e-7)
-    assert np.allclose(np.diff(np.log(lrs)), math.log(10 / 1e-7) / 59)
+    assert lrs[0] == pytest.approx(1e-4)
+    assert np.allclose(np.diff(np.log(lrs)), math.log(1e4 / 1e-4) / 99)
     average, ema = 0.0, []
     for i, loss in enumerate(losses):
         average = 0.98 * average + 0.02 * loss
@@ -51,24 +58,17 @@ def test_curve_has_its_minimum_where_the_loss_is_lowest(found: tuple[dict[str, A
     assert losses[0] == pytest.approx(math.log(10), abs=0.15)  # an untrained 10-class net
     lowest = int(np.argmin(smoothed))
     assert record["min_loss_lr"] == pytest.approx(lrs[lowest])
-    # Around the curve's minimum the network really trains: lower losses than at either end of the range.
-    near = losses[max(lowest - 5, 0) : lowest + 1].mean()
-    assert near < losses[:10].mean() - 0.3
-    assert near < losses[-1]
-    # Stopped where it diverged; suggests a tenth of the minimum's lr: inside the range, below the blow-up.
-    assert record["diverged"] and len(lrs) < 60 and smoothed[-1] > 4 * smoothed.min()
+    # The ten steps up to the curve's minimum trained: their losses are far below the first ten and the last.
+    near = losses[lowest - 9 : lowest + 1].mean()
+    assert near < losses[:10].mean() - 0.5 and near < losses[-5:].mean()
+    # The huge end lr ended it early, at the first step whose smoothed loss passed 4× the minimum.
+    assert record["diverged"] and len(lrs) < 90
+    assert smoothed[-1] > 4 * smoothed.min() and (smoothed[:-1] <= 4 * smoothed.min()).all()
+    # It suggests a tenth of the minimum's lr: inside the tested range, below the divergence.
     assert record["suggested_lr"] == pytest.approx(lrs[lowest] / 10)
     assert lrs[0] < record["suggested_lr"] < record["min_loss_lr"] < record["stopped_at_lr"] == lrs[-1]
     assert f"suggested_lr: {record['suggested_lr']:.3g}" in printed
     assert (run_dir / "lr_find.png").read_bytes().startswith(b"\x89PNG")
-
-
-def test_a_huge_end_lr_ends_the_test_early(fashion_root: Path, tmp_path: Path) -> None:
-    record = find(config(fashion_root, "trainer.lr_find_range=[1e-3,1e6]"), tmp_path)
-    smoothed = record["smoothed"]
-    assert record["diverged"] and len(smoothed) < 25  # lr 1 comes at step 20 of 60
-    assert smoothed[-1] > 4 * min(smoothed) and all(s <= 4 * min(smoothed) for s in smoothed[:-1])
-    assert json.loads((tmp_path / "lr_find.json").read_text())["lrs"] == record["lrs"]
 
 
 def metrics(run_dir: Path) -> list[dict[str, str]]:
