@@ -78,7 +78,9 @@ def metrics(run_dir: Path) -> list[dict[str, str]]:
 
 def test_cnn_train_with_lr_find_trains_afresh_at_the_suggestion(fashion_root: Path, tmp_path: Path) -> None:
     short = [
-        "scheduler=none",
+        "scheduler=none",  # metrics.csv's lr is then the lr of every step
+        "trainer.limit_train_batches=30",
+        "trainer.lr_find_steps=30",
         "trainer.max_epochs=1",
         "trainer.limit_val_batches=2",
         "trainer.limit_test_batches=2",
