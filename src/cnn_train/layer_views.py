@@ -9,9 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torchvision.utils import make_grid
 
 from cnn_train import checkpoint
 from cnn_train.data.datasets import describe
@@ -54,40 +56,35 @@ def plot_filters(conv: nn.Conv2d, path: str | Path, columns: int = 8, most: int 
     """Each kernel as a small image (RGB for colour input, grey otherwise), on one scale for all of them."""
     plt = _pyplot()
     w = conv.weight.detach().float().cpu()[:most]
+    w = w if w.shape[1] in (1, 3) else w.mean(1, keepdim=True)
     w = (w - w.min()) / (w.max() - w.min()).clamp(min=1e-12)  # one scale: kernel strengths stay comparable
-    rows = -(-len(w) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(0.9 * columns, 0.9 * rows + 0.4), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, kernel in zip(axes.flat, w, strict=False):
-        if kernel.shape[0] == 3:
-            ax.imshow(kernel.permute(1, 2, 0).numpy(), interpolation="nearest")
-        else:
-            ax.imshow(kernel.mean(0).numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    fig.suptitle(
-        f"first convolution: {conv.out_channels} kernels of {'×'.join(map(str, conv.weight.shape[1:]))}"
-    )
+    mosaic = make_grid(w, nrow=columns, padding=1, pad_value=1.0)  # one image: fast to draw
+    fig, ax = plt.subplots(figsize=(0.8 * min(columns, len(w)) + 1, 0.8 * -(-len(w) // columns) + 0.8))
+    ax.imshow(mosaic.permute(1, 2, 0).numpy(), interpolation="nearest")
+    ax.axis("off")
+    shape = "×".join(map(str, conv.weight.shape[1:]))
+    ax.set_title(f"first convolution: {conv.out_channels} kernels of {shape}", fontsize=8)
     _save(fig, path)
 
 
 def plot_feature_maps(image: torch.Tensor, stages: dict[str, torch.Tensor], path: str | Path) -> None:
     """The input, then one row per stage: its most active channels for this image, each on its own scale."""
     plt = _pyplot()
-    rows = 1 + len(stages)
-    fig, axes = plt.subplots(rows, CHANNELS_SHOWN, figsize=(1.3 * CHANNELS_SHOWN, 1.5 * rows), squeeze=False)
-    for ax in axes.flat:
+    fig, axes = plt.subplots(1 + len(stages), 1, figsize=(1.1 * CHANNELS_SHOWN, 1.4 * (1 + len(stages))))
+    axes = np.atleast_1d(axes)
+    for ax in axes:
         ax.axis("off")
     image = image.clamp(0, 1).cpu()
     shown = image[0] if image.shape[0] == 1 else image.permute(1, 2, 0)
-    axes[0][0].imshow(shown.numpy(), cmap="gray" if image.shape[0] == 1 else None, vmin=0, vmax=1)
-    axes[0][0].set_title("input", fontsize=8)
-    for row, (name, out) in zip(axes[1:], stages.items(), strict=True):
+    axes[0].imshow(shown.numpy(), cmap="gray" if image.shape[0] == 1 else None, vmin=0, vmax=1)
+    axes[0].set_title("input", fontsize=8)
+    for ax, (name, out) in zip(axes[1:], stages.items(), strict=True):
         maps = out[0].float().cpu()
         top = maps.mean((1, 2)).topk(min(CHANNELS_SHOWN, len(maps))).indices
-        for ax, c in zip(row, top.tolist(), strict=False):
-            ax.imshow(maps[c].numpy(), cmap="viridis", interpolation="nearest")
-            ax.set_title(f"ch {c}", fontsize=6)
-        row[0].set_title(f"{name} {'×'.join(map(str, maps.shape))}\nch {top[0].item()}", fontsize=6)
+        mosaic = make_grid(maps[top, None], nrow=CHANNELS_SHOWN, padding=1, normalize=True, scale_each=True)
+        ax.imshow(mosaic[0].numpy(), cmap="viridis", interpolation="nearest")
+        channels = ", ".join(map(str, top.tolist()))
+        ax.set_title(f"{name}: {'×'.join(map(str, maps.shape))}, channels {channels}", fontsize=7)
     _save(fig, path)
 
 
