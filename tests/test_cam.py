@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +45,11 @@ def trained(fashion_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     run_dir = tmp_path_factory.mktemp("cam_run")
     cfg = make_config(
         "model=lenet", "trainer.max_epochs=1", "trainer.limit_train_batches=20", "trainer.limit_val_batches=1",
-        "trainer.limit_test_batches=1", "data.batch_size=32", "optimizer.lr=0.003",
+        "trainer.limit_test_batches=1", "data.batch_size=32", "optimizer.lr=0.003", "trainer.threads=1",
     )  # fmt: skip
-    fit(cfg, run_dir)
+    threads = torch.get_num_threads()
+    fit(cfg, run_dir)  # one thread: LeNet at batch 32 gains nothing from two, and a busy machine spins them
+    torch.set_num_threads(threads)
     return run_dir / "best.pt"
 
 
@@ -71,6 +73,15 @@ def run_cli(main: Callable[[], None], *args: str, cwd: Path, monkeypatch: pytest
     return 0
 
 
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Batch-1 passes at 28 px gain nothing from a second thread, and on a busy machine its spinning costs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pixels(path: Path) -> np.ndarray:
     with Image.open(path) as im:
         assert im.format == "PNG" and im.width > 100 and im.height > 100
@@ -78,12 +89,14 @@ def pixels(path: Path) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name", list_models())
-def test_every_model_cam_is_its_last_conv_stage_at_28_grey(name: str, fashion_root: Path) -> None:
+def test_every_model_cam_is_its_last_conv_stage_at_28_grey(
+    name: str, fashion_root: Path, one_thread: None
+) -> None:
     size = max(28, min_image_size(name))
     torch.manual_seed(0)
     model = build_model(name, num_classes=10, in_channels=1, image_size=size).eval()
     preprocess = Preprocess(EvalTransform(size, 1, (0.286,), (0.353,)))
-    cams = grad_cam(model, preprocess, fashion_images(fashion_root, 1), rectify=False)
+    cams = grad_cam(model, preprocess, fashion_images(fashion_root, 1), torch.tensor([0]), rectify=False)
     assert (cams.layer is None) == (name == "mlp")
     side = CAM_SIDE[name]
     assert cams.maps.shape == (1, side, side)
@@ -93,7 +106,7 @@ def test_every_model_cam_is_its_last_conv_stage_at_28_grey(name: str, fashion_ro
 
 
 def test_cnn_predict_cam_writes_one_png_per_image(
-    trained: Path, pictures: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    trained: Path, pictures: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread: None
 ) -> None:
     args = (f"img={pictures}", f"ckpt={trained}", "output=out/p.csv", "cam=true", "device=cpu")
     assert run_cli(cli.predict_main, *args, cwd=tmp_path, monkeypatch=monkeypatch) == 0
@@ -111,7 +124,7 @@ def test_cnn_predict_cam_writes_one_png_per_image(
 
 
 def test_cnn_eval_cam_writes_the_misclassified_grid(
-    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread: None
 ) -> None:
     args = (f"ckpt={trained}", "limit_batches=1", "batch_size=16", f"output_dir={tmp_path}", "cam=true")
     assert run_cli(cli.eval_main, *args, cwd=tmp_path, monkeypatch=monkeypatch) == 0
@@ -122,7 +135,7 @@ def test_cnn_eval_cam_writes_the_misclassified_grid(
 
 
 def test_cnn_summary_img_draws_what_the_checkpoints_weights_see(
-    trained: Path, pictures: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    trained: Path, pictures: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread: None
 ) -> None:
     payload = torch.load(trained, weights_only=True)
     payload["state_dict"]["0.weight"] = payload["state_dict"]["0.weight"].flip(-1)  # mirrored stem kernels
