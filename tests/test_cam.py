@@ -12,9 +12,10 @@ import torch
 from PIL import Image
 
 from cnn_train import checkpoint, cli
-from cnn_train.cam import cam_dir, grad_cam
+from cnn_train.cam import cam_dir, grad_cam, save_prediction_cams
 from cnn_train.data.datasets import read_idx
 from cnn_train.data.transforms import EvalTransform, Preprocess, read_image_tensor
+from cnn_train.errors import UserError
 from cnn_train.models import build_model, list_models, min_image_size
 from cnn_train.train import fit
 from tests.conftest import make_config
@@ -114,6 +115,8 @@ def test_cnn_predict_cam_writes_one_png_per_image(
     assert written == ["0000_a.png", "0001_b.png", "0002_c.png"]
     assert all(pixels(tmp_path / "out" / "p_cam" / name).std() > 0 for name in written)
     assert cam_dir(None) == Path("cam") and cam_dir("x/preds.json") == Path("x/preds_cam")
+    with pytest.raises(UserError, match="cam: .*ONNX"):  # an export has no gradients to take
+        save_prediction_cams(tmp_path / "best.onnx", [], tmp_path, torch.device("cpu"))
     # the trained net finds positive evidence for the class it predicts: a heat map, not a blank overlay
     payload = checkpoint.load(trained)
     model = checkpoint.inference_model(payload, torch.device("cpu"))
