@@ -33,16 +33,15 @@ from rich.console import Console, Group
 from rich.markup import escape
 from rich.table import Table
 
-from cnn_train import files, lrfind, plots
+from cnn_train import cam, files, lrfind, plots
 from cnn_train.config import check_declared_keys, register_schemas, unknown_key
-from cnn_train.data.datasets import describe
 from cnn_train.distributed import world_from_env
 from cnn_train.errors import UserError
 from cnn_train.evaluation import evaluate_checkpoint
 from cnn_train.export import export
 from cnn_train.hardware import pick_device
 from cnn_train.interrupts import Interrupted
-from cnn_train.models import build_model
+from cnn_train.layer_views import save_layer_views, summary_model
 from cnn_train.predict import expand_inputs, newest_checkpoint, predict, write_predictions
 from cnn_train.summary import summarize
 from cnn_train.train import check_config, fit
@@ -200,6 +199,10 @@ def _predict(cfg: DictConfig) -> None:
                 )  # numbered: names repeat across folders
                 plots.plot_annotated(row.path, f"class: {name} prob: {prob:.3f}", target)
             console.print(f"wrote {len(rows)} annotated images to {folder}", highlight=False)
+        if cfg.cam:
+            folder = cam.cam_dir(cfg.output)
+            cam.save_prediction_cams(ckpt, rows, folder, pick_device(cfg.device), cfg.batch_size)
+            console.print(f"wrote {len(rows)} Grad-CAM images to {folder}", highlight=False)
     except USER_ERRORS as e:
         _fail(user_error(e))
         return
@@ -219,24 +222,20 @@ def _predict(cfg: DictConfig) -> None:
 def _summary(cfg: DictConfig) -> None:
     try:
         check_declared_keys(cfg)
-        channels, num_classes, native = describe(cfg.data.name, cfg.data.root, cfg.data.channels)
-        size = cfg.data.image_size or cfg.model.image_size or native
-        if size is None:
-            raise UserError("data.image_size: must be set for image folders (e.g. data.image_size=224)")
-        args = OmegaConf.to_container(cfg.model.args, resolve=True)
-        model = build_model(
-            cfg.model.name, num_classes=num_classes, in_channels=channels, image_size=size, **args
-        )
-        report = summarize(model, channels, size)
+        name, model, spec = summary_model(cfg)  # ckpt='s model and transform, else model=/data='s
+        report = summarize(model, spec.channels, spec.image_size)
         if cfg.json:
-            files.write_json(cfg.json, {"model": cfg.model.name, **report})
+            files.write_json(cfg.json, {"model": name, **report})
+        if cfg.img:
+            views = save_layer_views(model, spec, Path(cfg.img).expanduser())
+            console.print(f"wrote {views['filters']} and {views['feature_maps']}", highlight=False)
     except USER_ERRORS as e:
         _fail(user_error(e))
         return
     if _SUMMARY_JSON_TO_STDOUT:
-        print(json.dumps({"model": cfg.model.name, **report}, indent=2))
+        print(json.dumps({"model": name, **report}, indent=2))
     else:
-        Console(width=None if sys.stdout.isatty() else 140).print(summary_tables(cfg.model.name, report))
+        Console(width=None if sys.stdout.isatty() else 140).print(summary_tables(name, report))
 
 
 @hydra.main(version_base="1.3", config_path=_config_dir(), config_name="eval")
@@ -252,8 +251,9 @@ def _eval(cfg: DictConfig) -> None:
             data = OmegaConf.to_container(cfg.data, resolve=True, throw_on_missing=True)
         device = pick_device(cfg.device)
         report = evaluate_checkpoint(
-            ckpt, out_dir, data, cfg.split, device, cfg.batch_size, cfg.limit_batches, tta=bool(cfg.tta)
-        )
+            ckpt, out_dir, data, cfg.split, device, cfg.batch_size, cfg.limit_batches, tta=bool(cfg.tta),
+            cam=bool(cfg.cam),
+        )  # fmt: skip
     except USER_ERRORS as e:
         _fail(user_error(e))
         return
@@ -266,7 +266,8 @@ def _eval(cfg: DictConfig) -> None:
             r["class"], f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", str(r["support"])
         )
     Console(width=None if sys.stdout.isatty() else 120).print(table)
-    console.print(f"wrote eval.json, confusion_matrix.png, misclassified.png to {out_dir}", highlight=False)
+    figures = "misclassified.png, misclassified_cam.png" if cfg.cam else "misclassified.png"
+    console.print(f"wrote eval.json, confusion_matrix.png, {figures} to {out_dir}", highlight=False)
 
 
 @hydra.main(version_base="1.3", config_path=_config_dir(), config_name="export")

@@ -113,6 +113,7 @@ class PredictConfig:
     topk: int = 5  # classes shown per image, capped at the class count
     output: str | None = None  # also write rows to this .csv or .json file
     save_annotated: bool = False  # also save each image titled with its class in <output>_annotated/
+    cam: bool = False  # also save each image under its predicted class's Grad-CAM in <output>_cam/ (or cam/)
     device: str = "auto"  # auto | cpu | cuda | mps
     batch_size: int = 64  # images per forward pass
     output_root: str = "outputs"  # where to look for the newest best.pt
@@ -131,6 +132,7 @@ class EvalConfig:
     limit_batches: int | None = None  # evaluate at most this many batches
     tta: bool = False  # flip test-time augmentation: average the image's and its mirror's probabilities
     output_root: str = "outputs"  # where to look for the newest best.pt
+    cam: bool = False  # also draw misclassified_cam.png: the misclassified images under their Grad-CAM
 
 
 @dataclass
@@ -150,6 +152,8 @@ class SummaryConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     json: str | None = None  # also write the summary to this .json file (--json prints it instead)
+    img: str | None = None  # also write filters.png and feature_maps.png (this image) into the current folder
+    ckpt: str | None = None  # describe this checkpoint's model, with its trained weights, instead of model=
 
 
 SCHEMAS = {

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from cnn_train import checkpoint, files, plots
+from cnn_train.cam import save_cam_grid
 from cnn_train.data.loaders import Batches
 from cnn_train.data.transforms import Preprocess
 from cnn_train.engine import INFERENCE, infer
@@ -39,11 +40,13 @@ def evaluate_checkpoint(
     limit_batches: int | None = None,
     max_shown: int = 32,
     tta: bool = False,
+    cam: bool = False,
 ) -> dict[str, Any]:
     """Accuracy, top-5, per-class metrics and the confusion matrix; writes eval.json and two figures.
 
     `batch_size` None: the batch size the checkpoint was trained (and tested) with, so that the test accuracy
-    in its results.json is reproduced to the last digit.
+    in its results.json is reproduced to the last digit. `cam` also draws misclassified_cam.png: the
+    misclassified images under the Grad-CAM of the class they were mistaken for.
     """
     device = device or torch.device("cpu")
     payload = checkpoint.load(ckpt)
@@ -67,7 +70,7 @@ def evaluate_checkpoint(
     loss_sum = torch.zeros(
         (), device=device
     )  # summed as engine.evaluate sums it: the run's test_loss, exactly
-    wrong_images, wrong_titles = [], []
+    wrong_images, wrong_titles, wrong_raw, wrong_pred = [], [], [], []
     for x, y in Batches(chosen, spec, batch_size, device, limit=limit_batches):
         logits = infer(model, preprocess, x, tta=tta)
         pred = logits.argmax(1)
@@ -78,6 +81,8 @@ def evaluate_checkpoint(
         wrong = (pred != y).nonzero().flatten()[: max_shown - len(wrong_images)]
         if len(wrong):
             wrong_images.extend(preprocess.unit(x[wrong]).cpu())
+            wrong_raw.append(x[wrong])
+            wrong_pred.append(pred[wrong])
             wrong_titles.extend(
                 f"true {classes[t]}\npred {classes[p]}"
                 for t, p in zip(y[wrong].tolist(), pred[wrong].tolist(), strict=True)
@@ -94,4 +99,7 @@ def evaluate_checkpoint(
     plots.plot_confusion(confusion, classes, out / "confusion_matrix.png")
     if wrong_images:
         plots.plot_grid(torch.stack(wrong_images), wrong_titles, out / "misclassified.png")
+    if wrong_images and cam:
+        images, targets = torch.cat(wrong_raw), torch.cat(wrong_pred)
+        save_cam_grid(model, preprocess, images, wrong_titles, out / "misclassified_cam.png", targets)
     return report

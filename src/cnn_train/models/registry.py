@@ -1,10 +1,17 @@
-"""One registry of model builders, so a checkpoint can rebuild its network from a name and kwargs."""
+"""One registry of model builders, so a checkpoint can rebuild its network from a name and kwargs.
+
+It also states, for every model, where its convolutional stages end (`stage_outputs`) and which layer
+Grad-CAM explains (`cam_layer`): one rule over the built network, so it holds at every input size.
+"""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
+import torch
 from torch import nn
 
 from cnn_train.errors import UserError
@@ -54,3 +61,63 @@ def build_model(name: str, num_classes: int, in_channels: int, image_size: int, 
             f"data.image_size: {image_size} is too small for {name} (needs at least {_MIN_SIZE[name]})"
         )
     return _MODELS[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
+
+
+class _Outputs:
+    """Forward hooks' record: each watched layer's output and how often it ran (a layer reused is no stage)."""
+
+    def __init__(self) -> None:
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.calls: Counter[str] = Counter()
+
+    def record(self, name: str, _module: nn.Module, _inputs: Any, output: Any) -> None:
+        self.calls[name] += 1
+        if isinstance(output, torch.Tensor) and output.dim() == 4:
+            self.tensors.pop(name, None)  # re-inserted: the dict keeps the order the layers ran in
+            self.tensors[name] = output
+
+
+def _layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The model's children, a Sequential child unrolled into its own (AlexNet's `features`, `layer4`)."""
+    found: dict[str, nn.Module] = {}
+    for name, child in model.named_children():
+        if isinstance(child, nn.Sequential) and len(child):
+            found.update({f"{name}.{n}": m for n, m in child.named_children()})
+        else:
+            found[name] = child
+    return found
+
+
+def stage_outputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each stage's output for the batch `x`, by layer name, in the order the stages run.
+
+    A stage is a run of layers (see `_layers`) whose outputs keep one spatial size; its output is its last
+    layer's. So a stage ends where a pool or a strided block shrinks the map: LeNet at 28 px has stages at
+    28, 14, 10 and 5 px, a small-input ResNet ends them with `layer1.1` ... `layer4.1`.
+    """
+    was_training = model.training
+    outputs = _Outputs()
+    hooks = [m.register_forward_hook(partial(outputs.record, n)) for n, m in _layers(model).items()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    ran = [(n, t) for n, t in outputs.tensors.items() if outputs.calls[n] == 1]
+    return {
+        n: t for i, (n, t) in enumerate(ran) if i + 1 == len(ran) or ran[i + 1][1].shape[-2:] != t.shape[-2:]
+    }
+
+
+def cam_layer(model: nn.Module, x: torch.Tensor) -> str | None:
+    """The layer Grad-CAM explains: the output of the last convolutional stage, for every registered model.
+
+    That is the last stage whose map is larger than 1×1 at this input (a one-pixel map cannot say where):
+    `layer4.1` of a small-input ResNet-18, `inception5b` of GoogLeNet, `features.11` (conv 5) of AlexNet at
+    28 px, whose last pool leaves 1×1. None for a model without feature maps (the MLP).
+    """
+    spatial = [n for n, t in stage_outputs(model, x).items() if t.shape[-1] * t.shape[-2] > 1]
+    return spatial[-1] if spatial else None
