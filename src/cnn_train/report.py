@@ -21,6 +21,7 @@ import yaml
 
 from cnn_train import checkpoint, distributed, files, plots
 from cnn_train import htmlpage as h
+from cnn_train.cam import save_cam_grid
 from cnn_train.data.datasets import Dataset, TensorSplit
 from cnn_train.data.transforms import Preprocess
 from cnn_train.errors import UserError
@@ -120,10 +121,16 @@ def test_section_data(
 ) -> dict[str, Any]:
     """Per-class metrics and the two figures of the test pass."""
     plots.plot_confusion(confusion, s.data.classes, run_dir / "confusion_matrix.png")
-    images, titles, _ = record.misclassified()
+    images, titles, predicted = record.misclassified()
     if len(images):
         preprocess = Preprocess(s.spec).to(images.device)
-        plots.plot_grid(preprocess.unit(images), titles, run_dir / "misclassified.png")
+        try:  # each image under the Grad-CAM of the class it was mistaken for, from best.pt as tested
+            model = checkpoint.inference_model(checkpoint.load(run_dir / "best.pt"), images.device)
+            targets = torch.tensor(predicted, device=images.device)
+            save_cam_grid(model, preprocess, images, titles, run_dir / "misclassified_cam.png", targets)
+        except Exception as e:  # the plain grid still shows them
+            log.warning("misclassified_cam.png not drawn: %s", e)
+            plots.plot_grid(preprocess.unit(images), titles, run_dir / "misclassified.png")
     seen = int(confusion.sum())
     return {
         "images": seen,
