@@ -179,7 +179,7 @@ def build(cfg: DictConfig, world: World | None = None, device: torch.device | No
     optimizer = factory(params=[p for p in model.parameters() if p.requires_grad], **fast)
     steps = len(train_batches)
     schedule = Schedule(instantiate(cfg.scheduler), optimizer, tr.max_epochs * steps, steps)
-    augment = instantiate(cfg.augmentation)
+    augment = instantiate(cfg.augmentation, num_classes=len(data.classes))  # mixup/cutmix: soft labels
     scaler = torch.amp.GradScaler(device.type) if speed.precision == "16-mixed" else None
     loss = nn.CrossEntropyLoss(label_smoothing=tr.label_smoothing)
     net = compile_model(_distribute(model, cfg, world, device), speed)
