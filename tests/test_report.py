@@ -61,7 +61,9 @@ def test_run_report_has_the_runs_numbers_and_command(sweep_dir: Path) -> None:
     matrix = test["confusion_matrix"]
     assert sum(map(sum, matrix)) == 16 and "16 test images" in page
     assert sum(matrix[i][i] for i in range(10)) / 16 == results["test_acc"]
-    if results["test_acc"] < 1:  # the misclassified ones, each under the Grad-CAM of the class it was taken for
+    if (
+        results["test_acc"] < 1
+    ):  # the misclassified ones, each under the Grad-CAM of the class it was taken for
         assert (job / "misclassified_cam.png").is_file() and "with class activation maps" in page
     assert "61,706" in page or results["model"] == "mlp"  # LeNet's parameter count, as cnn-summary has it
 

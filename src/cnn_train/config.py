@@ -98,7 +98,7 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     optimizer: dict[str, Any] = MISSING  # _target_ + _partial_: its keys are the optimizer's arguments
     scheduler: dict[str, Any] = MISSING  # _target_ + _partial_: a schedule in cnn_train.schedules
-    augmentation: dict[str, Any] = MISSING  # _target_: a batched augmentation in cnn_train.data.transforms
+    augmentation: dict[str, Any] = MISSING  # _target_: a BatchAugment (data.transforms, data.policies)
     logger: dict[str, Any] = MISSING  # _target_ + _partial_: a tracker in cnn_train.loggers
     optimized_metric: str = "best_val_acc"  # the results.json value cnn-train returns (a sweeper maximizes)
     output_root: str = "outputs"  # run dirs go here; cnn-predict and trainer.resume=auto search here

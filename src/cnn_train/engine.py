@@ -116,9 +116,10 @@ class Meter:
         self.start = time.perf_counter() - progress.seconds
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        """`y`: class indices, or soft targets (mixup/cutmix), whose argmax is the class that counts as right."""
         self.step += 1
         self.loss_sum += loss.detach() * len(y)
-        self.correct += (logits.detach().argmax(1) == y).sum()
+        self.correct += (logits.detach().argmax(1) == (y.argmax(1) if y.ndim == 2 else y)).sum()
         self.seen += len(y)
 
     def snapshot(self) -> EpochProgress:
@@ -155,11 +156,14 @@ class TrainStep:
         self.clip_norm, self.accumulate, self.ema = clip_norm, accumulate, ema
         self.device = next(model.parameters()).device
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Loss, logits and the targets the loss was computed against (soft under mixup/cutmix)."""
         inputs = self.preprocess(x, self.augment)
+        mix = getattr(self.augment, "mix", None)  # BatchAugment: mixup/cutmix mixes images and labels
+        inputs, target = mix(inputs, y) if mix is not None else (inputs, y)
         with autocast(self.device, self.precision):
             logits = self.model(inputs)
-        return self.loss_fn(logits.float(), y), logits
+        return self.loss_fn(logits.float(), target), logits, target
 
     def syncing(self, sync: bool) -> contextlib.AbstractContextManager:
         """Under DDP, no gradient all-reduce for a batch that only accumulates (`sync` False)."""
@@ -238,12 +242,12 @@ def train_one_epoch(
     for x, y in bar:
         group, last = accumulation_group(meter.step, step_fn.accumulate, total_steps)
         with step_fn.syncing(last):
-            loss, logits = step_fn.forward(x, y)
+            loss, logits, target = step_fn.forward(x, y)
             guard.check(loss, meter.step + 1)
             step_fn.backward(loss, 1 / group)
         if last:
             step_fn.update()
-        meter.add(loss, logits, y)
+        meter.add(loss, logits, target)
         if bars and meter.step % 10 == 0:
             now = snapshot()
             rate = (now.seen - progress.seen) / max(now.seconds - progress.seconds, 1e-9)

@@ -79,7 +79,7 @@ def range_test(
     curve = Curve([], [], [], diverged=False)
     average, lowest = 0.0, math.inf
     for i, (x, y) in zip(range(ramp.steps), batches, strict=False):
-        loss, _ = step.forward(x, y)
+        loss, _, _ = step.forward(x, y)
         value = loss.item()
         if not math.isfinite(value):
             curve.diverged = True

@@ -185,7 +185,7 @@ def build(cfg: DictConfig, world: World | None = None, device: torch.device | No
     optimizer = factory(params=param_groups(model, tr.decay_norm_and_bias), **fast)
     steps = optimizer_steps(len(train_batches), tr.accumulate_grad_batches)  # per epoch
     schedule = Schedule(instantiate(cfg.scheduler), optimizer, tr.max_epochs * steps, steps)
-    augment = instantiate(cfg.augmentation)
+    augment = instantiate(cfg.augmentation, num_classes=len(data.classes))  # mixup/cutmix: soft labels
     scaler = torch.amp.GradScaler(device.type) if speed.precision == "16-mixed" else None
     weight = balanced_weights(data.train, len(data.classes)).to(device) if tr.class_weights else None
     loss = nn.CrossEntropyLoss(weight=weight, label_smoothing=tr.label_smoothing)

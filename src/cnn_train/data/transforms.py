@@ -19,6 +19,7 @@ from torch import nn
 from torchvision.ops import roi_align
 from torchvision.transforms.v2 import functional as TF
 
+from cnn_train.data.batch_augment import BatchAugment
 from cnn_train.errors import UserError
 
 LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R 601, what PIL's convert("L") uses
@@ -121,21 +122,26 @@ def _flip(x: torch.Tensor) -> torch.Tensor:
     return torch.where(mask.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
-class NoAugment(nn.Module):
-    """Train on the images as they are."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
+class NoAugment(BatchAugment):
+    """Train on the images as they are (random erasing, mixup and cutmix still apply when set)."""
 
 
-class RandomCropFlip(nn.Module):
+class RandomCropFlip(BatchAugment):
     """Random crop after zero padding, and a horizontal flip: the CIFAR recipe, batched."""
 
-    def __init__(self, padding: int = 4, flip: bool = True) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        padding: int = 4,
+        flip: bool = True,
+        random_erasing: float = 0.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__(random_erasing, mixup_alpha, cutmix_alpha, num_classes)
         self.padding, self.flip = padding, flip
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
         p = self.padding
         if p > 0:
@@ -149,7 +155,7 @@ class RandomCropFlip(nn.Module):
         return _flip(x) if self.flip else x
 
 
-class RandomResizedCropFlip(nn.Module):
+class RandomResizedCropFlip(BatchAugment):
     """ImageNet's random-resized crop (area and aspect ranges) and a horizontal flip, batched with roi_align."""
 
     def __init__(
@@ -157,11 +163,15 @@ class RandomResizedCropFlip(nn.Module):
         scale: tuple[float, float] = (0.08, 1.0),
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
         flip: bool = True,
+        random_erasing: float = 0.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        num_classes: int | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(random_erasing, mixup_alpha, cutmix_alpha, num_classes)
         self.scale, self.ratio, self.flip = tuple(scale), tuple(ratio), flip
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
         dev = x.device
         area = torch.empty(n, device=dev).uniform_(*self.scale) * h * w
