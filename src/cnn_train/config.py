@@ -46,6 +46,8 @@ class DataConfig:
     cache: Any = "auto"  # image_folder: decode every image once into memory: auto (if it fits) | true | false
     strict: bool = False  # image_folder: an unreadable image fails the run instead of being skipped
     channels: int = 3  # image_folder: 3 = RGB, 1 = grayscale; every file is converted
+    permute_pixels: bool = False  # one fixed shuffle of pixel positions, recorded in the checkpoint
+    permute_seed: int = 0  # with permute_pixels: the seed that draws the permutation
 
 
 @dataclass

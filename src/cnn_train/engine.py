@@ -271,7 +271,7 @@ def infer(model: Any, preprocess: Preprocess, x: torch.Tensor, tta: bool = False
     logits = model(inputs).float()
     if not tta:
         return logits
-    mirrored = model(inputs.flip(-1)).float()
+    mirrored = model(preprocess.mirror(inputs)).float()
     both = torch.stack([logits.log_softmax(1), mirrored.log_softmax(1)])
     return torch.logsumexp(both, 0) - math.log(2)
 

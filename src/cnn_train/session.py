@@ -108,7 +108,8 @@ def _load_data(cfg: DictConfig, source: transfer.Source | None) -> tuple[Dataset
         mean, std = source.mean, source.std  # the normalisation the weights were trained with
     if len(mean) != len(std) or len(mean) not in (1, 3):
         raise UserError(f"data.mean/data.std: {len(mean)} and {len(std)} values; give 1 or 3 of each")
-    spec = EvalTransform(size, channels, _fit_channels(mean, channels), _fit_channels(std, channels))
+    permute = cfg.data.permute_seed if cfg.data.permute_pixels else None
+    spec = EvalTransform(size, channels, _fit_channels(mean, channels), _fit_channels(std, channels), permute)
     cache = cfg.data.cache
     for part in ("train", "val", "test"):
         split = getattr(data, part)

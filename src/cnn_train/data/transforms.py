@@ -20,6 +20,7 @@ from torchvision.ops import roi_align
 from torchvision.transforms.v2 import functional as TF
 
 from cnn_train.data.batch_augment import BatchAugment
+from cnn_train.data.permute import mirror_permuted, permute_pixels, pixel_permutation
 from cnn_train.errors import UserError
 
 LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R 601, what PIL's convert("L") uses
@@ -33,13 +34,18 @@ class EvalTransform:
     channels: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    permute_seed: int | None = None  # data.permute_pixels: shuffle pixel positions with this seed
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EvalTransform:
-        return cls(int(d["image_size"]), int(d["channels"]), tuple(d["mean"]), tuple(d["std"]))
+        seed = d.get("permute_seed")  # absent in checkpoints written before the permutation experiment
+        return cls(
+            int(d["image_size"]), int(d["channels"]), tuple(d["mean"]), tuple(d["std"]),
+            None if seed is None else int(seed),
+        )  # fmt: skip
 
 
 def load_image(path: str | Path, channels: int) -> Image.Image:
@@ -98,6 +104,8 @@ class Preprocess(nn.Module):
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("luma", LUMA.view(1, 3, 1, 1), persistent=False)
+        order = None if spec.permute_seed is None else pixel_permutation(spec.permute_seed, spec.image_size)
+        self.register_buffer("order", order, persistent=False)
 
     def unit(self, x: torch.Tensor, augment: nn.Module | None = None) -> torch.Tensor:
         """The batch as the network sees it, before normalisation: floats in [0, 1] (what samples.png shows)."""
@@ -114,7 +122,13 @@ class Preprocess(nn.Module):
 
     def forward(self, x: torch.Tensor, augment: nn.Module | None = None) -> torch.Tensor:
         x = (self.unit(x, augment) - self.mean) / self.std
+        if self.order is not None:  # after augmentation: augmentations act on the real image
+            x = permute_pixels(x, self.order)
         return x.contiguous(memory_format=self.memory_format)
+
+    def mirror(self, x: torch.Tensor) -> torch.Tensor:
+        """The model input of the mirrored image, from the model input `x` (flip test-time augmentation)."""
+        return x.flip(-1) if self.order is None else mirror_permuted(x, self.order)
 
 
 def _flip(x: torch.Tensor) -> torch.Tensor:
