@@ -35,6 +35,7 @@ from rich.table import Table
 
 from cnn_train import cam, files, lrfind, plots
 from cnn_train.config import check_declared_keys, register_schemas, unknown_key
+from cnn_train.datacheck import check_dataset, summary_table
 from cnn_train.distributed import world_from_env
 from cnn_train.errors import UserError
 from cnn_train.evaluation import evaluate_checkpoint
@@ -283,6 +284,22 @@ def _export(cfg: DictConfig) -> None:
     console.print(f"wrote {path}; max |difference| from PyTorch on a real batch: {diff:.2e}", highlight=False)
 
 
+@hydra.main(version_base="1.3", config_path=_config_dir(), config_name="data_check")
+def _data_check(cfg: DictConfig) -> None:
+    try:
+        check_declared_keys(cfg)
+        d = cfg.data
+        report = check_dataset(d.name, d.root, d.val_split, cfg.seed, cfg.near_threshold, cfg.near_max_diff)
+        if cfg.output:
+            files.write_json(cfg.output, report)
+    except USER_ERRORS as e:
+        _fail(user_error(e))
+        return
+    Console(width=None if sys.stdout.isatty() else 120).print(summary_table(report))
+    if cfg.output:
+        console.print(f"wrote every group and path to {cfg.output}", highlight=False)
+
+
 def summary_tables(name: str, report: dict[str, Any]) -> Group:
     """The layer table, then the conv / fully connected split."""
     layers = Table(title=f"{name}, input {'×'.join(map(str, report['input']))}", show_lines=False)
@@ -340,6 +357,11 @@ def eval_main() -> None:
 def export_main() -> None:
     """`cnn-export ckpt=... format=onnx|torchscript`: export a checkpoint and check it."""
     _run(_export)
+
+
+def data_main() -> None:
+    """`cnn-data data=... [output=report.json]`: check a dataset for imbalance, broken files and duplicates."""
+    _run(_data_check)
 
 
 def train_main() -> None:

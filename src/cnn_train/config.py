@@ -158,12 +158,24 @@ class SummaryConfig:
     ckpt: str | None = None  # describe this checkpoint's model, with its trained weights, instead of model=
 
 
+@dataclass
+class DataCheckConfig:
+    """cnn-data: counts, sizes, unreadable files and duplicates of a dataset's train/val/test splits."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    seed: int = 42  # the hold-out seed: cnn-train's trainer.seed, so val is the split it validates on
+    near_threshold: int = 4  # near duplicate candidates: 64-bit perceptual hashes this many bits apart
+    near_max_diff: float = 4.0  # confirmed: 16×16 grey thumbnails differ by at most this (0–255) on average
+    output: str | None = None  # also write the full report (every duplicate group) to this .json file
+
+
 SCHEMAS = {
     "train_schema": TrainConfig,
     "predict_schema": PredictConfig,
     "eval_schema": EvalConfig,
     "export_schema": ExportConfig,
     "summary_schema": SummaryConfig,
+    "data_check_schema": DataCheckConfig,
 }
 
 
