@@ -18,6 +18,7 @@ from tests.conftest import make_config
 README = Path(__file__).resolve().parents[1] / "README.md"
 CONFIG_OF = {f"cnn-{name}": name for name in ("train", "predict", "eval", "export", "summary")}
 CONFIG_OF["cnn-lrfind"] = "train"  # the range test takes every cnn-train override
+CONFIG_OF["cnn-data"] = "data_check"
 NEEDS_FILES = ("img=", "ckpt=")  # a real image or checkpoint: the end-to-end tests run those
 TRAIN_KEYS = "|".join(f.name for f in dataclasses.fields(TrainConfig))
 
