@@ -167,6 +167,8 @@ def check_dataset(
     """
     if not 0 <= near_threshold < 64:
         raise UserError(f"near_threshold: {near_threshold} must lie in 0..63 (bits of a 64-bit hash)")
+    if near_max_diff < 0:
+        raise UserError(f"near_max_diff: {near_max_diff} must be ≥ 0 (a mean pixel difference, 0–255)")
     inv, classes = _inventory(name, Path(root).expanduser(), val_split, seed)
     exact = [_members(inv, g) for g in exact_groups(inv.keys)]
     hashes, thumbs = (
