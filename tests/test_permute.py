@@ -112,3 +112,24 @@ def test_flip_tta_mirrors_the_real_image(trained: Path, images: tuple[list[Path]
         plain = model(by_hand(pixels, payload, permute=True)).softmax(1)
         mirror = model(by_hand(pixels[:, :, ::-1], payload, permute=True)).softmax(1)
     torch.testing.assert_close(got, (plain + mirror) / 2, atol=1e-5, rtol=1e-4)
+
+
+def test_cutmix_boxes_are_cut_from_the_real_image(
+    images: tuple[list[Path], np.ndarray], trained: Path
+) -> None:
+    _, pixels = images
+    payload = checkpoint.load(trained)
+    preprocess = Preprocess(checkpoint.eval_transform(payload))
+
+    def corner_box(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = x.clone()
+        out[..., :10, :10] = 0.0  # what a cutmix box does to a region of the image
+        return out, y
+
+    x = torch.from_numpy(pixels).unsqueeze(1)
+    got, _ = preprocess.on_real_image(corner_box, preprocess(x), torch.zeros(len(x)))
+    boxed = by_hand(pixels, payload, permute=False)
+    boxed[..., :10, :10] = 0.0
+    order = torch.randperm(28 * 28, generator=torch.Generator().manual_seed(SEED))
+    expected = boxed.flatten(2)[:, :, order].view_as(boxed)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)

@@ -160,7 +160,7 @@ class TrainStep:
         """Loss, logits and the targets the loss was computed against (soft under mixup/cutmix)."""
         inputs = self.preprocess(x, self.augment)
         mix = getattr(self.augment, "mix", None)  # BatchAugment: mixup/cutmix mixes images and labels
-        inputs, target = mix(inputs, y) if mix is not None else (inputs, y)
+        inputs, target = self.preprocess.on_real_image(mix, inputs, y) if mix is not None else (inputs, y)
         with autocast(self.device, self.precision):
             logits = self.model(inputs)
         return self.loss_fn(logits.float(), target), logits, target

@@ -7,6 +7,7 @@ augmentations below act on whole batches (one kernel call per batch, not one PIL
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,14 @@ class Preprocess(nn.Module):
         if self.order is not None:  # after augmentation: augmentations act on the real image
             x = permute_pixels(x, self.order)
         return x.contiguous(memory_format=self.memory_format)
+
+    def on_real_image(self, mix: Callable[..., tuple[torch.Tensor, Any]], x: torch.Tensor, y: torch.Tensor
+                      ) -> tuple[torch.Tensor, Any]:  # fmt: skip
+        """`mix` (cutmix's boxes) applied to the model input `x` as if to the real, unpermuted images."""
+        if self.order is None:
+            return mix(x, y)
+        mixed, target = mix(permute_pixels(x, torch.argsort(self.order)), y)
+        return permute_pixels(mixed, self.order), target
 
     def mirror(self, x: torch.Tensor) -> torch.Tensor:
         """The model input of the mirrored image, from the model input `x` (flip test-time augmentation)."""
