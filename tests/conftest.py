@@ -32,12 +32,17 @@ TINY = [
 
 
 def make_config(*overrides: str, config_name: str = "train", return_hydra_config: bool = False) -> DictConfig:
-    """Compose the real configs the way the CLI does."""
+    """Compose the real configs the way the CLI does.
+
+    In-process training runs skip report.html (`trainer.report=false`) unless a test asks for it: its
+    figures cost a third of a tiny run; tests/test_report.py and the console-script tests cover it.
+    """
     register_schemas()
+    overrides = list(overrides)
+    if config_name == "train" and not any(o.lstrip("+~").startswith("trainer.report=") for o in overrides):
+        overrides.append("trainer.report=false")
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose(
-            config_name=config_name, overrides=list(overrides), return_hydra_config=return_hydra_config
-        )
+        return compose(config_name=config_name, overrides=overrides, return_hydra_config=return_hydra_config)
 
 
 @pytest.fixture(scope="session")

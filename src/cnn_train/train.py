@@ -294,11 +294,12 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                 log.info("stopping after epoch %d: %s", epoch, ended.replace("_", " "))
                 break
         distributed.barrier()  # best.pt is on disk before any rank reads it
-        record = TestRecord(s.data.classes)
+        record = TestRecord(s.data.classes) if tr.report else None
         test = test_best(cfg, s, path, record)
         results = summarize(cfg, s, state, test, time.perf_counter() - started, ended)
         run.finish(results)
-        after_run(path, world.is_main, s, record)  # report.html; only warns if it cannot be written
+        if tr.report:
+            after_run(path, world.is_main, s, record)  # report.html; only warns if it cannot be written
     return results
 
 
