@@ -88,6 +88,8 @@ class TrainerConfig:
     lr_find: bool = False  # run the lr range test (cnn-lrfind) first and train at its suggested optimizer.lr
     lr_find_range: list[float] = field(default_factory=lambda: [1.0e-7, 10.0])  # range test: first, last lr
     lr_find_steps: int = 100  # range-test steps (at most one epoch); it stops early once the loss diverges
+    profile: bool = False  # torch.profiler on the first epoch: profile.txt (top ops) + profile_trace.json
+    profile_steps: int = 5  # with profile: steps recorded, after 2 warm-up steps
 
 
 @dataclass

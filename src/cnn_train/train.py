@@ -25,6 +25,7 @@ from cnn_train.hardware import pick_device
 from cnn_train.interrupts import Interrupted, StopRequests
 from cnn_train.loggers import CsvLogger
 from cnn_train.models import min_image_size
+from cnn_train.profiling import StepProfiler
 from cnn_train.report import TestRecord, after_run
 from cnn_train.rundir import RunDir
 from cnn_train.session import Session, build
@@ -271,11 +272,13 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         run.start(s.data.classes, common["config"], lambda p: plot_samples(s, p))
         saves, deadline = Checkpoints(run, s, state, common), Deadline(parse_duration(tr.max_time), started)
         ended = "finished"
+        profiler = StepProfiler.from_config(tr, path, world.is_main, s.device)
         for epoch in range(state.epoch + 1, tr.max_epochs + 1):
             progress = state.begin(epoch, s)
             hook = MidEpoch(saves, epoch, tr.checkpoint_every_n_steps or 0, stop, deadline)
             batches = s.train_batches.epoch(skip=progress.step)
-            done = train_one_epoch(s.step, batches, progress, hook, len(s.train_batches), s.bars)
+            with profiler.around(hook, len(s.train_batches) - progress.step, progress.step) as watched:
+                done = train_one_epoch(s.step, batches, progress, watched, len(s.train_batches), s.bars)
             done = _global(done, s.device)
             val = validate(s)
             row, improved = state.record(done, val)
