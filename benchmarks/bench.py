@@ -9,7 +9,12 @@ Everything is measured in this one process on this machine, so the ratios compar
    PIL -> ToTensor -> Normalize per image, a DataLoader, fp32, NCHW, `.item()` for the metrics every step;
 2. time-to-accuracy: wall seconds from starting `cnn-train` to its final line, with the test accuracy it
    reached, for the speedrun recipe and for the main job (`cnn-train model=alexnet data=fashion_mnist`);
-3. achieved GFLOP/s of the training step (FLOPs of forward + backward from torch.utils.flop_counter).
+3. achieved GFLOP/s of the training step (FLOPs of forward + backward from torch.utils.flop_counter: the
+   convolutions and matrix products; pooling, activations, the loss and the optimizer are not counted), and
+   that rate as a share of the limit: the most this machine attained in the same numerics (limits.py: a large
+   matmul, and the model's heaviest convolution forward + backward at its real shape);
+4. with `lightning` installed (the `lightning` extra), a Lightning-style loop over the same network and data
+   (lightning_loop.py): what a LightningModule + DataLoader user gets.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
+from lightning_loop import available, lightning_loop
+from limits import Limit, dtype_of, limit, matmul_rate, numerics
 from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
@@ -120,6 +127,13 @@ def train_step_flops(model: str, bs: int, side: int) -> int:
     return counter.get_total_flops()
 
 
+def limit_cell(lim: Limit) -> str:
+    """Both rates; the larger (the step's ceiling, which the share is of) in bold."""
+    cells = [f"{v:.0f}" if v >= 10 else f"{v:.1f}" for v in (lim.matmul, lim.conv)]
+    cells[lim.conv > lim.matmul] = f"**{cells[lim.conv > lim.matmul]}**"
+    return " / ".join(cells)
+
+
 def time_to_accuracy(args: list[str], out: Path) -> tuple[float, float]:
     """Wall seconds from starting cnn-train to its exit, and the test accuracy it reports."""
     name = "-".join(args).translate(str.maketrans("=/.", "___"))[:60]
@@ -156,19 +170,24 @@ def main() -> None:
     parser.add_argument(
         "--skip-main-job", action="store_true", help="leave out the main job's time-to-accuracy"
     )
+    parser.add_argument("--throughput-only", action="store_true", help="leave out both time-to-accuracy jobs")
     args = parser.parse_args()
     began = time.perf_counter()
     device = pick_device(args.device)
     gpu = device.type == "cuda"
     out_md = args.out or ROOT / "benchmarks" / f"results-{'cuda' if gpu else 'cpu'}.md"
+    speed = numerics(device)
+    matmul = matmul_rate(device, dtype_of(speed))
     lines = [
         f"Machine: {machine(device)}; torch {torch.__version__}. Command: `python benchmarks/bench.py"
         f"{' --quick' if args.quick else ''}{' --device ' + args.device if args.device != 'auto' else ''}`",
+        f"Numerics `auto` picks here (cnn-train's runs and the limit): {speed.describe()}.",
         "",
-        "| model | batch | input | seed-style loop img/s | cnn-train img/s | ratio | GFLOP/step "
-        "| GFLOP/s (cnn-train) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | batch | input | seed-style loop img/s | Lightning loop img/s | cnn-train img/s | ratio "
+        "| GFLOP/step | GFLOP/s (cnn-train) | limit GFLOP/s: matmul / heaviest conv | share of limit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    heaviest = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         root = torchvision_root(tmp / "tv")
@@ -176,19 +195,31 @@ def main() -> None:
             steps = 3 if args.quick else (gpu_steps if gpu else cpu_steps)
             bs = 16 if args.quick else bs
             base = seed_loop(model, bs, side, steps, device, root)
+            light = lightning_loop(model, bs, side, steps, device, root, speed.precision)
             mine = ours(model, bs, side, steps, args.device, tmp)
             flops = train_step_flops(model, bs, side)
             gflops = flops / 1e9 * mine / bs
+            lim = limit(model, bs, side, device, matmul)
             row = (
-                f"| {model} | {bs} | {side} | {base:.0f} | {mine:.0f} | {mine / base:.2f}× "
-                f"| {flops / 1e9:.2f} | {gflops:.1f} |"
+                f"| {model} | {bs} | {side} | {base:.0f} | {f'{light:.0f}' if light else '—'} | {mine:.0f} "
+                f"| {mine / base:.2f}× | {flops / 1e9:.2f} | {gflops:.1f} | {limit_cell(lim)} "
+                f"| {gflops / lim.best:.0%} |"
             )
             lines.append(row)
+            heaviest.append(f"{model}: {lim.conv_name}")
             print(row, flush=True)
-        lines += ["", "| command | test accuracy | wall seconds (process start to exit) |", "|---|---|---|"]
-        jobs = [["experiment=fashion_mnist_speedrun"]]
-        if not args.skip_main_job:
+        lines += ["", "Heaviest convolution (batch as above) — " + "; ".join(heaviest) + "."]
+        if not available():
+            lines.append("Lightning loop: — (`lightning` not installed: pip install 'cnn-train[lightning]').")
+        jobs = [] if args.throughput_only else [["experiment=fashion_mnist_speedrun"]]
+        if not (args.skip_main_job or args.throughput_only):
             jobs.append(["model=alexnet", "data=fashion_mnist"])
+        if jobs:
+            lines += [
+                "",
+                "| command | test accuracy | wall seconds (process start to exit) |",
+                "|---|---|---|",
+            ]
         for job in jobs:
             extra = [
                 "trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=1",

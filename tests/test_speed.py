@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import subprocess
@@ -158,6 +159,17 @@ def test_cuda_auto_is_bf16_and_compiled(fashion_root: Path, tmp_path: Path) -> N
     assert math.isfinite(results["test_loss"])
 
 
+def test_benchmark_limit_times_the_models_heaviest_convolution_at_its_real_shape(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # how bench.py finds it: beside the script
+    limits = importlib.import_module("limits")
+    name, conv, shape = limits.heaviest_conv("alexnet", 128, 28)
+    assert (name, conv.in_channels, conv.out_channels, shape) == ("features.3", 64, 192, (128, 64, 7, 7))
+    name, conv, shape = limits.heaviest_conv("resnet18", 64, 28)  # 28 → 14 → 7 → 4 px: layer4 does the most
+    assert name.startswith("layer4.") and shape == (64, 512, 4, 4)
+
+
 @pytest.mark.slow
 def test_benchmark_quick_mode_writes_its_table(fashion_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.md"
@@ -166,13 +178,22 @@ def test_benchmark_quick_mode_writes_its_table(fashion_root: Path, tmp_path: Pat
         check=True, cwd=tmp_path, timeout=600,
     )  # fmt: skip
     text = out.read_text()
+    header = [
+        c.strip() for c in next(ln for ln in text.splitlines() if ln.startswith("| model |")).split("|")
+    ]
     for model in ("lenet", "alexnet", "resnet18"):
         row = [
             c.strip()
             for c in next(ln for ln in text.splitlines() if ln.startswith(f"| {model} |")).split("|")
         ]
-        batch, side, step_gflop = int(row[2]), int(row[3]), float(row[7])
+        cell = dict(zip(header, row, strict=True))
+        batch, side, step_gflop = int(cell["batch"]), int(cell["input"]), float(cell["GFLOP/step"])
+        rates = [float(r.strip("* ")) for r in cell["limit GFLOP/s: matmul / heaviest conv"].split("/")]
+        share = float(cell["share of limit"].rstrip("%")) / 100
+        assert share == pytest.approx(float(cell["GFLOP/s (cnn-train)"]) / max(rates), abs=0.02, rel=0.1)
         forward = summarize(build_model(model, 10, 1, side), 1, side)["total_flops"] * batch / 1e9
         # a training step is the forward pass and a backward pass of about twice its cost
         assert 2.0 * forward < step_gflop < 3.05 * forward, (model, step_gflop, forward)
     assert "fashion_mnist_speedrun" in text and "model=alexnet data=fashion_mnist" in text
+    # AlexNet's small-image stem (5×5 stride 2, pool) leaves 7×7 maps for its 64→192 5×5 conv: the heaviest
+    assert "alexnet: features.3 64→192 5×5 at 7 px" in text
