@@ -82,11 +82,20 @@ class StepProfiler:
             self.finish()
 
     def after(self, inner: AfterStep | None, step: int, snapshot: Callable[[], Any]) -> None:
-        """The run's own hook first (a checkpoint it saves belongs to the step), then the profiler's."""
-        if inner is not None:
-            inner(step, snapshot)
-        if self.prof is None:
-            return
+        """The run's own hook first (a checkpoint it saves belongs to the step), then the profiler's.
+
+        A stop it raises (a signal, a NaN) ends the epoch; the step is still counted, so that the events
+        recorded and the wall time they are shares of cover the same steps.
+        """
+        try:
+            if inner is not None:
+                inner(step, snapshot)
+        finally:
+            if self.prof is not None:
+                self.tick(step)
+
+    def tick(self, step: int) -> None:
+        assert self.prof is not None
         if self.first <= step <= self.end:
             self.seconds, self.last = self.now() - self.started, step
         self.prof.step()
