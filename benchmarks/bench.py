@@ -179,8 +179,8 @@ def main() -> None:
     speed = numerics(device)
     matmul = matmul_rate(device, dtype_of(speed))
     lines = [
-        f"Machine: {machine(device)}; torch {torch.__version__}. Command: `python benchmarks/bench.py"
-        f"{' --quick' if args.quick else ''}{' --device ' + args.device if args.device != 'auto' else ''}`",
+        f"Machine: {machine(device)}; torch {torch.__version__}. "
+        f"Command: `python benchmarks/bench.py{''.join(' ' + a for a in sys.argv[1:])}`",
         f"Numerics `auto` picks here (cnn-train's runs and the limit): {speed.describe()}.",
         "",
         "| model | batch | input | seed-style loop img/s | Lightning loop img/s | cnn-train img/s | ratio "
