@@ -65,7 +65,7 @@ def ours(model: str, bs: int, side: int, steps: int, device: str, out: Path) -> 
     cfg = cnn_train_cfg([
         f"model={model}", "data=fashion_mnist", f"data.batch_size={bs}", f"data.image_size={side}",
         "trainer.max_epochs=2", f"trainer.limit_train_batches={steps}", "trainer.limit_val_batches=1",
-        "trainer.limit_test_batches=1", f"trainer.device={device}", "optimizer=sgd",
+        "trainer.limit_test_batches=1", f"trainer.device={device}", "optimizer=sgd", "trainer.report=false",
     ])  # fmt: skip
     run_dir = out / f"fit-{model}"
     fit(cfg, run_dir)
