@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -74,6 +75,11 @@ class Session:
     @property
     def bars(self) -> bool:
         return show_bars(self.world.is_main)
+
+    @cached_property
+    def eval_preprocess(self) -> Preprocess:
+        """The eval transform on this device, contiguous: what validation, the test pass and the report feed."""
+        return Preprocess(self.spec).to(self.device)
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The weights a run evaluates and keeps as best.pt: the EMA's when there is one, else the model's."""

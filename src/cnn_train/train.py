@@ -17,7 +17,6 @@ from omegaconf import DictConfig, OmegaConf
 from cnn_train import checkpoint, distributed, lrfind, plots
 from cnn_train.config import check_target_keys
 from cnn_train.data.loaders import Batches
-from cnn_train.data.transforms import Preprocess
 from cnn_train.distributed import world_from_env
 from cnn_train.engine import INFERENCE, EpochProgress, evaluate, train_one_epoch
 from cnn_train.errors import UserError
@@ -245,7 +244,7 @@ def validate(s: Session) -> dict[str, float]:
     """Validation in the inference numerics: the trained weights copied into the contiguous fp32 model."""
     distributed.sync_buffers(s.model)  # rank 0's BatchNorm statistics everywhere: the weights rank 0 saves
     s.eval_model.load_state_dict(s.weights())
-    return evaluate(s.eval_model, s.val_batches, Preprocess(s.spec).to(s.device), "val", s.tta, s.bars)
+    return evaluate(s.eval_model, s.val_batches, s.eval_preprocess, "val", s.tta, s.bars)
 
 
 def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
@@ -356,7 +355,7 @@ def plot_samples(s: Session, path: Path, n: int = 32) -> None:
     first = s.data.train.subset(torch.arange(min(n, len(s.data.train))))
     with torch.random.fork_rng(devices=[s.device] if s.device.type == "cuda" else []):
         x, y = next(iter(Batches(first, s.spec, n, s.device)))
-        images = Preprocess(s.spec).to(s.device).unit(x, s.augment)
+        images = s.eval_preprocess.unit(x, s.augment)
     plots.plot_grid(images, [s.data.classes[i] for i in y.tolist()], path)
 
 
@@ -371,4 +370,4 @@ def test_best(
         s.data.test, s.spec, int(cfg.data.batch_size), s.device, num_workers=int(cfg.data.num_workers),
         limit=cfg.trainer.limit_test_batches, shard=(s.world.rank, s.world.size),
     )  # fmt: skip
-    return evaluate(model, batches, Preprocess(s.spec).to(s.device), "test", s.tta, s.bars, record)
+    return evaluate(model, batches, s.eval_preprocess, "test", s.tta, s.bars, record)
