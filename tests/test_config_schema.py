@@ -109,3 +109,16 @@ def test_unknown_target_key_is_one_line_naming_it() -> None:
         check_target_keys(cfg.scheduler, "scheduler")
     with pytest.raises(UserError, match=r"^optimizer\._target_: cannot import torch\.optim\.Adamm "):
         check_target_keys(make_config("optimizer._target_=torch.optim.Adamm").optimizer, "optimizer")
+
+
+@pytest.mark.parametrize("choice", ["basic", "randaugment", "trivialaugment", "autoaugment"])
+def test_an_augmentation_takes_its_base_class_keys_and_names_a_misspelt_one(choice: str) -> None:
+    """The policies pass random erasing and mixup/cutmix on to BatchAugment through **common."""
+    cfg = make_config(
+        f"augmentation={choice}", "augmentation.random_erasing=0.25", "augmentation.mixup_alpha=0.2"
+    )
+    check_target_keys(cfg.augmentation, "augmentation")
+    cfg = make_config(f"augmentation={choice}", "+augmentation.random_erasin=0.25")
+    listed = r"\(it takes .*random_erasing, mixup_alpha, cutmix_alpha, num_classes\)$"
+    with pytest.raises(UserError, match=r"^augmentation\.random_erasin: not an argument of .*" + listed):
+        check_target_keys(cfg.augmentation, "augmentation")

@@ -228,7 +228,7 @@ def check_target_keys(node: Any, key_prefix: str) -> None:
     """Fail, naming the key, when a `_target_` node has a key its target does not take as an argument.
 
     Keys starting with `_` are Hydra's own (`_target_`, `_partial_`, ...). A target that takes `**kwargs`
-    accepts any key.
+    accepts any key, unless it is a class that passes them on to a base class (see `accepted_keys`).
 
     Args:
         node: the config node, e.g. `cfg.optimizer`.
@@ -244,14 +244,29 @@ def check_target_keys(node: Any, key_prefix: str) -> None:
         target = get_object(path)
     except Exception as e:  # hydra reports every import failure as one exception type or another
         raise UserError(f"{key_prefix}._target_: cannot import {path} ({str(e).splitlines()[0]})") from e
-    try:
-        params = inspect.signature(target).parameters
-    except (TypeError, ValueError):  # a builtin without a signature: nothing to check against
+    takes = accepted_keys(target)
+    if takes is None:
         return
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    takes = [n for n, p in params.items() if p.kind in named]
     for key in node:
         if not str(key).startswith("_") and key not in takes:
             raise UserError(f"{key_prefix}.{key}: not an argument of {path} (it takes {', '.join(takes)})")
+
+
+def accepted_keys(target: Any) -> list[str] | None:
+    """The keyword arguments `target` takes; None when it takes any.
+
+    A class whose `__init__` takes `**kwargs` also takes its base classes' named arguments, up to the first
+    base without `**kwargs` (the augmentations pass random erasing and mixup/cutmix on to `BatchAugment`).
+    """
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    chain = [c for c in target.__mro__ if c is not object] if inspect.isclass(target) else [target]
+    takes: list[str] = []
+    for owner in chain:
+        try:
+            params = inspect.signature(owner).parameters
+        except (TypeError, ValueError):  # a builtin without a signature: nothing to check against
+            return None
+        takes += [n for n, p in params.items() if p.kind in named and n not in takes]
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return takes
+    return None

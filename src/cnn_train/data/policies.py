@@ -9,6 +9,8 @@ sign from torchvision's own tables, and each operation then runs once on the ima
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torchvision.transforms import v2
 
@@ -47,12 +49,9 @@ class RandAugment(BatchAugment):
         num_ops: int = 2,
         magnitude: int = 9,
         num_bins: int = 31,
-        random_erasing: float = 0.0,
-        mixup_alpha: float = 0.0,
-        cutmix_alpha: float = 0.0,
-        num_classes: int | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(random_erasing, mixup_alpha, cutmix_alpha, num_classes)
+        super().__init__(**common)  # random_erasing, mixup_alpha, cutmix_alpha, num_classes
         if not 0 <= magnitude < num_bins:
             raise UserError(f"augmentation.magnitude: {magnitude} must be in [0, num_bins={num_bins})")
         self.num_ops, self.magnitude, self.num_bins = num_ops, magnitude, num_bins
@@ -73,12 +72,9 @@ class TrivialAugment(BatchAugment):
     def __init__(
         self,
         num_bins: int = 31,
-        random_erasing: float = 0.0,
-        mixup_alpha: float = 0.0,
-        cutmix_alpha: float = 0.0,
-        num_classes: int | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(random_erasing, mixup_alpha, cutmix_alpha, num_classes)
+        super().__init__(**common)  # random_erasing, mixup_alpha, cutmix_alpha, num_classes
         self.num_bins = num_bins
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,12 +91,9 @@ class AutoAugment(BatchAugment):
     def __init__(
         self,
         policy: str = "imagenet",
-        random_erasing: float = 0.0,
-        mixup_alpha: float = 0.0,
-        cutmix_alpha: float = 0.0,
-        num_classes: int | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(random_erasing, mixup_alpha, cutmix_alpha, num_classes)
+        super().__init__(**common)  # random_erasing, mixup_alpha, cutmix_alpha, num_classes
         names = {p.value: p for p in v2.AutoAugmentPolicy}
         if policy not in names:
             raise UserError(f"augmentation.policy: '{policy}' is not one of {', '.join(names)}")

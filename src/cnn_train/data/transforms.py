@@ -156,12 +156,9 @@ class RandomCropFlip(BatchAugment):
         self,
         padding: int = 4,
         flip: bool = True,
-        random_erasing: float = 0.0,
-        mixup_alpha: float = 0.0,
-        cutmix_alpha: float = 0.0,
-        num_classes: int | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(random_erasing, mixup_alpha, cutmix_alpha, num_classes)
+        super().__init__(**common)  # random_erasing, mixup_alpha, cutmix_alpha, num_classes
         self.padding, self.flip = padding, flip
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
@@ -186,12 +183,9 @@ class RandomResizedCropFlip(BatchAugment):
         scale: tuple[float, float] = (0.08, 1.0),
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
         flip: bool = True,
-        random_erasing: float = 0.0,
-        mixup_alpha: float = 0.0,
-        cutmix_alpha: float = 0.0,
-        num_classes: int | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(random_erasing, mixup_alpha, cutmix_alpha, num_classes)
+        super().__init__(**common)  # random_erasing, mixup_alpha, cutmix_alpha, num_classes
         self.scale, self.ratio, self.flip = tuple(scale), tuple(ratio), flip
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
