@@ -35,9 +35,8 @@ from hydra import compose, initialize_config_dir
 from lightning_loop import available, lightning_loop
 from limits import Limit, dtype_of, limit, matmul_rate, numerics
 from torch import nn
-from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
-from torchvision import datasets, transforms
+from tutorial import tutorial_loader
 
 from cnn_train.config import register_schemas
 from cnn_train.data.datasets import DEBIAN_FASHION_MNIST, MNIST_FILES
@@ -51,7 +50,6 @@ MODELS = {  # model: (batch size, input side, batches timed on a CPU, on a GPU)
     "alexnet": (128, 28, 40, 200),
     "resnet18": (128, 28, 8, 200),
 }
-MEAN, STD = 0.2860, 0.3530
 
 
 def cnn_train_cfg(overrides: list[str]):
@@ -87,11 +85,7 @@ def torchvision_root(tmp: Path) -> Path:
 
 def seed_loop(model: str, bs: int, side: int, steps: int, device: torch.device, root: Path) -> float:
     """Images/s of the loop the tutorials teach, on the same network, batch and input size."""
-    tf = [transforms.Resize(side)] if side != 28 else []
-    tf += [transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))]
-    train = datasets.FashionMNIST(str(root), train=True, download=False, transform=transforms.Compose(tf))
-    workers = 4 if device.type == "cuda" else 0  # on 2 CPU cores, workers would take the model's cores
-    loader = DataLoader(train, batch_size=bs, shuffle=True, num_workers=workers, drop_last=True)
+    loader = tutorial_loader(bs, side, device, root)
     torch.manual_seed(0)
     net = build_model(model, num_classes=10, in_channels=1, image_size=side).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)

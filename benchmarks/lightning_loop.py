@@ -14,8 +14,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
-from torchvision import datasets, transforms
+from tutorial import tutorial_loader
 
 from cnn_train.models import build_model
 
@@ -23,8 +22,6 @@ try:
     import lightning as L
 except ImportError:  # the optional extra is not installed
     L = None
-
-MEAN, STD = 0.2860, 0.3530
 
 
 def available() -> bool:
@@ -37,11 +34,7 @@ def lightning_loop(
     """Images/s over `steps` batches after 3 warm-up batches; None without `lightning`."""
     if L is None:
         return None
-    tf = [transforms.Resize(side)] if side != 28 else []
-    tf += [transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))]
-    train = datasets.FashionMNIST(str(root), train=True, download=False, transform=transforms.Compose(tf))
-    workers = 4 if device.type == "cuda" else 0  # on 2 CPU cores, workers would take the model's cores
-    loader = DataLoader(train, batch_size=bs, shuffle=True, num_workers=workers, drop_last=True)
+    loader = tutorial_loader(bs, side, device, root)
     torch.manual_seed(0)
     clock = Clock(warmup=3)
     trainer = L.Trainer(
