@@ -94,3 +94,41 @@ def test_cnn_train_with_lr_find_trains_afresh_at_the_suggestion(fashion_root: Pa
     fit(config(fashion_root, *short, f"optimizer.lr={suggested!r}"), tmp_path / "told")
     (told,) = metrics(tmp_path / "told")
     assert (told["train_loss"], told["val_loss"]) == (row["train_loss"], row["val_loss"])
+
+
+def test_range_test_under_accumulation_steps_once_per_group(fashion_root: Path, tmp_path: Path) -> None:
+    """4 accumulated batches of 64 make the steps one batch of 256 makes: the same curve, a quarter of the steps."""
+    from cnn_train import lrfind
+
+    grouped = lrfind.find(config(fashion_root, "trainer.accumulate_grad_batches=4"), tmp_path / "grouped")
+    whole = lrfind.find(
+        config(fashion_root, "data.batch_size=256", "trainer.limit_train_batches=25"), tmp_path / "whole"
+    )
+    assert grouped["steps"] == whole["steps"] == 25
+    assert grouped["lrs"] == whole["lrs"]
+    # The same images in the same order (one shuffle, consecutive slices); equal up to float summation order.
+    assert np.allclose(grouped["losses"][:15], whole["losses"][:15], rtol=1e-4)
+
+
+def test_resumed_run_keeps_the_lr_its_range_test_found(fashion_root: Path, tmp_path: Path) -> None:
+    short = [
+        "scheduler=none",
+        "trainer.limit_train_batches=30",
+        "trainer.lr_find_steps=30",
+        "trainer.limit_val_batches=2",
+        "trainer.limit_test_batches=2",
+        "trainer.lr_find=true",
+    ]
+    first = fit(config(fashion_root, *short, "trainer.max_epochs=1"), tmp_path / "first")
+    found = first["lr_find"]["suggested_lr"]
+    # A range the first lr lies outside of: a second range test would move the lr into it.
+    again = config(fashion_root, *short, "trainer.max_epochs=2", "trainer.lr_find_range=[1e-6,1e-5]",
+                   f"trainer.resume={tmp_path / 'first' / 'last.pt'}")  # fmt: skip
+    assert not 1e-6 <= found <= 1e-5
+    results = fit(again, tmp_path / "resumed")
+    rows = metrics(tmp_path / "resumed")
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert float(rows[1]["lr"]) == pytest.approx(found) and results["lr_find"]["suggested_lr"] == found
+    assert (tmp_path / "resumed" / "lr_find.json").read_bytes() == (
+        tmp_path / "first" / "lr_find.json"
+    ).read_bytes()

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from cnn_train import distributed, files, plots
+from cnn_train import checkpoint, distributed, files, plots
 from cnn_train.distributed import World
 from cnn_train.engine import TrainStep, keep_frozen_batchnorm_in_eval
 from cnn_train.errors import UserError
@@ -72,15 +72,23 @@ class Curve:
 def range_test(
     step: TrainStep, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], ramp: ExponentialRamp
 ) -> Curve:
-    """Train `ramp.steps` batches at the ramp's lrs (not the run's schedule); stop at divergence."""
+    """Train `ramp.steps` optimizer steps at the ramp's lrs (not the run's schedule); stop at divergence.
+
+    Each step takes `step.accumulate` batches, as the run's steps do: the lr is found for the effective batch
+    the run will train with. A step's loss is the mean of its batches' losses.
+    """
     step.schedule = ramp  # the step calls after_step(): now the ramp, not the run's schedule, moves the lr
     step.model.train()
     keep_frozen_batchnorm_in_eval(step.model)
     curve = Curve([], [], [], diverged=False)
     average, lowest = 0.0, math.inf
-    for i, (x, y) in zip(range(ramp.steps), batches, strict=False):
-        loss, _, _ = step.forward(x, y)
-        value = loss.item()
+    groups = zip(*[iter(batches)] * step.accumulate, strict=False)  # whole groups only
+    for i, group in zip(range(ramp.steps), groups, strict=False):
+        value = 0.0
+        for x, y in group:  # the gradients add up; the step waits for the divergence check
+            loss = step.forward(x, y)[0]
+            step.backward(loss, 1 / len(group))
+            value += loss.item() / len(group)
         if not math.isfinite(value):
             curve.diverged = True
             break
@@ -93,8 +101,7 @@ def range_test(
             curve.diverged = True
             break
         lowest = min(lowest, smoothed)
-        step.backward(loss)
-        step.update()  # one step a batch, whatever trainer.accumulate_grad_batches: the lr moves every step
+        step.update()
     return curve
 
 
@@ -136,9 +143,12 @@ def find(cfg: DictConfig, run_dir: str | Path, device: torch.device | None = Non
     random.seed(cfg.trainer.seed)  # seeded as fit seeds before its build: the run's initial weights
     torch.manual_seed(cfg.trainer.seed)
     s = build(cfg, World(), device)  # one process: under torchrun the main one tests the global batch
-    steps = min(steps, len(s.train_batches))
+    steps = min(steps, len(s.train_batches) // s.step.accumulate)
     if steps < 2:
-        raise UserError(f"trainer.lr_find_steps: an epoch has {steps} batch(es); the range test needs ≥ 2")
+        raise UserError(
+            f"trainer.lr_find_steps: an epoch has {steps} optimizer step(s) of {s.step.accumulate} batch(es); "
+            "the range test needs ≥ 2"
+        )
     curve = range_test(s.step, s.train_batches.epoch(), ExponentialRamp(s.optimizer, start, end, steps))
     record = {**suggest(curve), "start_lr": start, "end_lr": end, "steps": steps, **asdict(curve)}
     record["stopped_at_lr"] = curve.lrs[-1]
@@ -158,7 +168,20 @@ def apply(cfg: DictConfig, run_dir: str | Path, world: World | None = None,
     """`cfg` itself, or with trainer.lr_find: a copy at the suggested `optimizer.lr` (the main process's)."""
     if not cfg.trainer.lr_find:
         return cfg
-    found = find(cfg, run_dir, device)["suggested_lr"] if world is None or world.is_main else None
+    found = None
+    if world is None or world.is_main:
+        found = resumed_lr(cfg, Path(run_dir))
+        found = found if found is not None else find(cfg, run_dir, device)["suggested_lr"]
     tuned = copy.deepcopy(cfg)
     tuned.optimizer.lr = float(distributed.broadcast(found))
     return tuned
+
+
+def resumed_lr(cfg: DictConfig, run_dir: Path) -> float | None:
+    """The lr a resumed run was found to train at (its last.pt's config), so the test is not run again."""
+    path = checkpoint.find_resume(cfg.trainer.resume, run_dir, Path(str(cfg.output_root)))
+    if path is None:
+        return None
+    lr = float(checkpoint.load(path)["config"]["optimizer"]["lr"])
+    log.info("trainer.lr_find: resuming %s at the lr its range test suggested, %.3g", path, lr)
+    return lr

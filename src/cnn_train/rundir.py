@@ -67,11 +67,13 @@ class RunDir:
         if self.main:
             checkpoint.save(self.path / name, payload)
 
-    def adopt_best(self, resumed_dir: Path) -> None:
-        """A run resumed from another dir takes its best.pt along, so this dir is complete on its own."""
-        best = resumed_dir / "best.pt"
-        if self.main and resumed_dir.resolve() != self.path.resolve() and best.is_file():
-            shutil.copy2(best, self.path / "best.pt")
+    def adopt(self, resumed_dir: Path) -> None:
+        """A run resumed from another dir takes its best.pt (and lr range test) along: this dir is complete."""
+        if not self.main or resumed_dir.resolve() == self.path.resolve():
+            return
+        for name in ("best.pt", "lr_find.json", "lr_find.png"):
+            if (resumed_dir / name).is_file():
+                shutil.copy2(resumed_dir / name, self.path / name)
 
     def epoch_done(self, history: list[dict[str, Any]]) -> None:
         """metrics.csv (and the tracker) and curves.png, after every epoch."""

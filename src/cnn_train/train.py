@@ -234,7 +234,7 @@ def resume(cfg: DictConfig, s: Session, run: RunDir) -> TrainState:
     )
     if state.partial is not None and not s.world.is_main:  # the saved sums are global: rank 0 carries them on
         state.partial = {**state.partial, "loss_sum": 0.0, "correct": 0, "seen": 0}
-    run.adopt_best(path.parent)
+    run.adopt(path.parent)
     where = f"epoch {state.epoch + 1}" + (f", step {state.partial['step'] + 1}" if state.partial else "")
     log.info("resumed from %s at %s", path, where)
     return state
