@@ -76,6 +76,12 @@ class Session:
     def bars(self) -> bool:
         return show_bars(self.world.is_main)
 
+    @property
+    def parameter_counts(self) -> tuple[int, int]:
+        """(all, trainable) parameters of the network: what the log line and results.json report."""
+        params = list(self.model.parameters())
+        return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
+
     @cached_property
     def eval_preprocess(self) -> Preprocess:
         """The eval transform on this device, contiguous: what validation, the test pass and the report feed."""

@@ -307,8 +307,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
 
 def describe(cfg: DictConfig, s: Session) -> dict[str, Any]:
     """Log what is about to train; return what every checkpoint of the run says about itself."""
-    n_params = sum(p.numel() for p in s.model.parameters())
-    n_train = sum(p.numel() for p in s.model.parameters() if p.requires_grad)
+    n_params, n_train = s.parameter_counts
     log.info(
         "%s on %s: %d classes, %d×%d×%d input, %s of %s parameters trainable, %d train / %d val images, device %s",
         cfg.model.name, s.data.name, len(s.data.classes), s.spec.channels, s.spec.image_size, s.spec.image_size,
@@ -333,7 +332,7 @@ def summarize(
     cfg: DictConfig, s: Session, state: TrainState, test: dict[str, float] | None, seconds: float, ended: str
 ) -> dict[str, Any]:
     """results.json: the accuracies, why and when the run ended, and the settings behind the number."""
-    params, tr = list(s.model.parameters()), cfg.trainer
+    (n_params, n_train), tr = s.parameter_counts, cfg.trainer
     return {
         "model": cfg.model.name, "data": s.data.name,
         "test_acc": test["acc"] if test else None, "test_loss": test["loss"] if test else None,
@@ -341,8 +340,7 @@ def summarize(
         "epochs_run": state.epoch, "stop_reason": ended, "ema_decay": tr.ema_decay,
         "effective_batch_size": int(cfg.data.batch_size) * int(tr.accumulate_grad_batches),
         "grad_clip_norm": tr.grad_clip_norm,
-        "parameters": sum(p.numel() for p in params),
-        "trainable_parameters": sum(p.numel() for p in params if p.requires_grad),
+        "parameters": n_params, "trainable_parameters": n_train,
         "precision": s.speed.precision, "channels_last": s.speed.channels_last, "compile": s.speed.compile,
         "threads": s.speed.threads, "tta": s.tta, "inference": INFERENCE, "processes": s.world.size,
         "wall_seconds": round(seconds, 2),
