@@ -12,9 +12,10 @@ from hydra.utils import instantiate
 
 from cnn_train.config import check_target_keys
 from cnn_train.data.datasets import read_idx
+from cnn_train.data.loaders import Batches
 from cnn_train.engine import EpochProgress, Meter, train_one_epoch
 from cnn_train.session import Session, build
-from cnn_train.train import fit
+from cnn_train.train import fit, label_titles, training_samples
 from tests.conftest import TINY, make_config
 
 POLICIES = ["randaugment", "trivialaugment", "autoaugment"]
@@ -147,3 +148,22 @@ def test_trivialaugment_with_every_trick_trains_a_run(fashion_root: Path, tmp_pa
     assert results["best_epoch"] == 1 and (tmp_path / "run" / "samples.png").is_file()
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 2  # one epoch of mixed-label training was recorded
+
+
+def test_sample_grid_shows_the_mixed_images_and_their_label_shares(session: Session) -> None:
+    """samples.png under mixup: the images the network is given, titled with the two classes' shares."""
+    images, titles = training_samples(session, 16)
+    first = session.data.train.subset(torch.arange(16))
+    x, y = next(iter(Batches(first, session.spec, 16, session.device)))
+    plain = session.eval_preprocess.unit(x)
+    assert images.shape == plain.shape and not torch.allclose(images, plain)
+    # mixup: each image is λ·itself + (1-λ)·its neighbour in the batch (rolled by one)
+    lam = ((images - plain.roll(1, 0)).flatten(1).sum(1) / (plain - plain.roll(1, 0)).flatten(1).sum(1))[0]
+    torch.testing.assert_close(images, lam * plain + (1 - lam) * plain.roll(1, 0))
+    classes = session.data.classes
+    mixed = [t for t, a, b in zip(titles, y.tolist(), y.roll(1).tolist(), strict=True) if a != b]
+    assert mixed and all(" + " in t for t in mixed)
+    assert label_titles(torch.tensor([2, 5]), classes) == [classes[2], classes[5]]
+    target = torch.zeros(2, 10)
+    target[0, 5], target[0, 2], target[1, 7] = 0.7, 0.3, 1.0
+    assert label_titles(target, classes) == [f"{classes[5]} 0.70 + {classes[2]} 0.30", classes[7]]

@@ -100,7 +100,9 @@ def test_every_target_key_in_the_configs_is_an_argument(recipe: str) -> None:
 def test_every_augmentation_choice_replaces_an_experiments_own(experiment: str) -> None:
     """An experiment sets no augmentation keys of its own, so `augmentation=<any>` composes on top of it."""
     for choice in sorted(p.stem for p in (CONFIGS / "augmentation").glob("*.yaml")):
-        check_target_keys(make_config(f"experiment={experiment}", f"augmentation={choice}").augmentation, choice)
+        check_target_keys(
+            make_config(f"experiment={experiment}", f"augmentation={choice}").augmentation, choice
+        )
 
 
 def test_unknown_target_key_is_one_line_naming_it() -> None:

@@ -349,12 +349,34 @@ def summarize(
 
 
 def plot_samples(s: Session, path: Path, n: int = 32) -> None:
-    """The first training images after augmentation, named; on a forked RNG so training draws the same."""
+    plots.plot_grid(*training_samples(s, n), path)
+
+
+def training_samples(s: Session, n: int = 32) -> tuple[torch.Tensor, list[str]]:
+    """The first training images as trained on (augmented, mixed) and their labels; on a forked RNG, so
+    training draws the same.
+
+    Mixup/cutmix mix the normalised batch in training; mixing commutes with the per-pixel normalisation, so
+    mixing the [0, 1] images shows exactly what the network is given.
+    """
     first = s.data.train.subset(torch.arange(min(n, len(s.data.train))))
     with torch.random.fork_rng(devices=[s.device] if s.device.type == "cuda" else []):
         x, y = next(iter(Batches(first, s.spec, n, s.device)))
         images = s.eval_preprocess.unit(x, s.augment)
-    plots.plot_grid(images, [s.data.classes[i] for i in y.tolist()], path)
+        mix = getattr(s.augment, "mix", None)
+        images, target = mix(images, y) if mix is not None else (images, y)
+    return images, label_titles(target, s.data.classes)
+
+
+def label_titles(target: torch.Tensor, classes: list[str]) -> list[str]:
+    """'coat' for a class index; 'coat 0.62 + shirt 0.38' for a mixed label (its two largest shares)."""
+    if target.ndim == 1:
+        return [classes[i] for i in target.tolist()]
+    titles = []
+    for shares, index in zip(*target.topk(2, dim=1), strict=True):
+        (a, b), (i, j) = shares.tolist(), index.tolist()
+        titles.append(classes[i] if b < 1e-3 else f"{classes[i]} {a:.2f} + {classes[j]} {b:.2f}")
+    return titles
 
 
 def test_best(
