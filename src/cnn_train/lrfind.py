@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from cnn_train import checkpoint, distributed, files, plots
+from cnn_train import distributed, files, plots
 from cnn_train.distributed import World
 from cnn_train.engine import TrainStep, keep_frozen_batchnorm_in_eval
 from cnn_train.errors import UserError
@@ -163,25 +163,20 @@ def find(cfg: DictConfig, run_dir: str | Path, device: torch.device | None = Non
     return record
 
 
-def apply(cfg: DictConfig, run_dir: str | Path, world: World | None = None,
-          device: torch.device | None = None) -> DictConfig:  # fmt: skip
-    """`cfg` itself, or with trainer.lr_find: a copy at the suggested `optimizer.lr` (the main process's)."""
+def apply(cfg: DictConfig, run_dir: str | Path, world: World | None = None, device: torch.device | None = None,
+          last: dict[str, Any] | None = None) -> DictConfig:  # fmt: skip
+    """`cfg` itself, or with trainer.lr_find: a copy at the suggested `optimizer.lr` (the main process's).
+
+    A resumed run (`last`: its last.pt) keeps the lr its range test found, from last.pt's config: no new test.
+    """
     if not cfg.trainer.lr_find:
         return cfg
     found = None
-    if world is None or world.is_main:
-        found = resumed_lr(cfg, Path(run_dir))
-        found = found if found is not None else find(cfg, run_dir, device)["suggested_lr"]
+    if (world is None or world.is_main) and last:
+        found = float(last["config"]["optimizer"]["lr"])
+        log.info("trainer.lr_find: the resumed run keeps the lr its range test suggested, %.3g", found)
+    elif world is None or world.is_main:
+        found = find(cfg, run_dir, device)["suggested_lr"]
     tuned = copy.deepcopy(cfg)
     tuned.optimizer.lr = float(distributed.broadcast(found))
     return tuned
-
-
-def resumed_lr(cfg: DictConfig, run_dir: Path) -> float | None:
-    """The lr a resumed run was found to train at (its last.pt's config), so the test is not run again."""
-    path = checkpoint.find_resume(cfg.trainer.resume, run_dir, Path(str(cfg.output_root)))
-    if path is None:
-        return None
-    lr = float(checkpoint.load(path)["config"]["optimizer"]["lr"])
-    log.info("trainer.lr_find: resuming %s at the lr its range test suggested, %.3g", path, lr)
-    return lr

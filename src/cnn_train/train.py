@@ -198,12 +198,12 @@ class MidEpoch:
         return self.timed_out
 
 
-def resume(cfg: DictConfig, s: Session, run: RunDir) -> TrainState:
-    """Continue from last.pt where there is one to continue (trainer.resume, or this dir's unfinished run)."""
-    path = checkpoint.find_resume(cfg.trainer.resume, run.path, Path(str(cfg.output_root)))
-    if path is None:
+def resume(
+    cfg: DictConfig, s: Session, run: RunDir, path: Path | None, last: dict[str, Any] | None
+) -> TrainState:
+    """Continue from last.pt (`path`, read as `last`) where there is one to continue (`checkpoint.find_resume`)."""
+    if path is None or last is None:
         return TrainState()
-    last = checkpoint.load(path)
     if last["model"] != s.model_spec:
         raise UserError(
             f"trainer.resume: {path} holds {last['model']['name']} {last['model']['kwargs']}, "
@@ -259,13 +259,16 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     tr, world = cfg.trainer, world_from_env()
     device = distributed.init(world, pick_device(tr.device))
     path = Path(distributed.broadcast(str(run_dir)))  # ranks started in different seconds agree on one
-    cfg = lrfind.apply(cfg, path, world, device)  # trainer.lr_find: optimizer.lr becomes its suggestion
+    # last.pt to continue (trainer.resume, or this dir's unfinished run), read once: lr_find and resume use it
+    resumed = checkpoint.find_resume(tr.resume, path, Path(str(cfg.output_root)))
+    last = checkpoint.load(resumed) if resumed is not None else None
+    cfg = lrfind.apply(cfg, path, world, device, last)  # trainer.lr_find: optimizer.lr becomes its suggestion
     seed_everything(tr.seed, tr.deterministic)
     s = build(cfg, world, device)
     common = describe(cfg, s)
     tracker = instantiate(cfg.logger) if "logger" in cfg else CsvLogger
     with RunDir(path, world.is_main, lambda p: tracker(run_dir=p)) as run, StopRequests() as stop:
-        state = resume(cfg, s, run)
+        state = resume(cfg, s, run, resumed, last)
         if not world.is_main:  # same weights (DDP copies rank 0's), different augmentation and dropout draws
             torch.manual_seed(tr.seed + 7919 * world.rank + state.epoch + 1)
         run.start(s.data.classes, common["config"], lambda p: plot_samples(s, p))
