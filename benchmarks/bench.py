@@ -34,14 +34,14 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 from lightning_loop import available, lightning_loop
-from limits import Limit, dtype_of, limit, matmul_rate, numerics
+from limits import Limit, limit, matmul_rate, numerics
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from tutorial import tutorial_loader
 
 from cnn_train.config import register_schemas
 from cnn_train.data.datasets import DEBIAN_FASHION_MNIST, MNIST_FILES
-from cnn_train.hardware import physical_cores, pick_device
+from cnn_train.hardware import compute_dtype, physical_cores, pick_device
 from cnn_train.models import build_model
 from cnn_train.train import fit
 
@@ -177,7 +177,7 @@ def main() -> None:
     gpu = device.type == "cuda"
     out_md = args.out or ROOT / "benchmarks" / f"results-{'cuda' if gpu else 'cpu'}.md"
     speed = numerics(device)
-    matmul = matmul_rate(device, dtype_of(speed))
+    matmul = matmul_rate(device, compute_dtype(speed.precision))
     lines = [
         f"Machine: {machine(device)}; torch {torch.__version__}. "
         f"Command: `python benchmarks/bench.py{''.join(' ' + a for a in sys.argv[1:])}`",

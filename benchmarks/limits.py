@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from cnn_train.config import TrainerConfig
-from cnn_train.hardware import Speed, resolve_speed
+from cnn_train.hardware import Speed, compute_dtype, resolve_speed
 from cnn_train.models import build_model
 
 
@@ -39,10 +39,6 @@ class Limit:
 def numerics(device: torch.device) -> Speed:
     """What `auto` picks for a run on this device (the benchmark's cnn-train runs use the same)."""
     return resolve_speed(TrainerConfig(), device)
-
-
-def dtype_of(speed: Speed) -> torch.dtype:
-    return {"bf16": torch.bfloat16, "16-mixed": torch.float16}.get(speed.precision, torch.float32)
 
 
 def rate(work: Callable[[], object], flops: int, device: torch.device, seconds: float = 1.0) -> float:
@@ -103,8 +99,12 @@ def conv_rate(conv: nn.Conv2d, shape: tuple[int, ...], device: torch.device, spe
     layer = nn.Conv2d(
         conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
         conv.groups, conv.bias is not None,
-    ).to(device=device, dtype=dtype_of(speed), memory_format=fmt)  # fmt: skip
-    x = torch.randn(shape, device=device, dtype=dtype_of(speed)).to(memory_format=fmt).requires_grad_()
+    ).to(device=device, dtype=compute_dtype(speed.precision), memory_format=fmt)  # fmt: skip
+    x = (
+        torch.randn(shape, device=device, dtype=compute_dtype(speed.precision))
+        .to(memory_format=fmt)
+        .requires_grad_()
+    )
 
     def step() -> None:
         out = layer(x)

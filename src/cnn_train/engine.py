@@ -25,6 +25,7 @@ from cnn_train import distributed
 from cnn_train.data.transforms import Preprocess
 from cnn_train.ema import EMA
 from cnn_train.errors import UserError
+from cnn_train.hardware import compute_dtype
 
 # What every inference pass computes in; recorded in checkpoints and results.json.
 INFERENCE = {"precision": "32", "memory_format": "contiguous", "compiled": False}
@@ -43,8 +44,7 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     """Autocast for `bf16` and `16-mixed`; plain fp32 for `32`."""
     if precision == "32":
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
+    return torch.autocast(device.type, dtype=compute_dtype(precision))
 
 
 def show_bars(main: bool) -> bool:

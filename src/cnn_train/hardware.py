@@ -77,6 +77,11 @@ class Speed:
         )
 
 
+def compute_dtype(precision: str) -> torch.dtype:
+    """The dtype the matrix products of a `trainer.precision` run compute in (fp32 for `32`)."""
+    return {"bf16": torch.bfloat16, "16-mixed": torch.float16}.get(precision, torch.float32)
+
+
 def _switch(key: str, value: Any, auto: bool) -> bool:
     if value in ("auto", None):
         return auto
