@@ -6,11 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from cnn_train.errors import UserError
-from cnn_train.profiling import StepProfiler
-from cnn_train.train import fit
+from cnn_train.train import check_config, fit
 from tests.conftest import make_config
 
 
@@ -51,4 +49,4 @@ def test_profile_trace_holds_exactly_the_recorded_steps_of_the_first_epoch(profi
 
 def test_profile_steps_must_be_a_whole_number() -> None:
     with pytest.raises(UserError, match="trainer.profile_steps: 0 must be a whole number"):
-        StepProfiler(Path("."), 0, torch.device("cpu"))
+        check_config(make_config("trainer.profile_steps=0"))  # before any data is read

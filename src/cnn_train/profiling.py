@@ -21,7 +21,6 @@ import torch
 from torch.profiler import ProfilerActivity, profile, schedule
 
 from cnn_train import files
-from cnn_train.errors import UserError
 
 log = logging.getLogger(__name__)
 WARMUP_STEPS = 2  # unrecorded steps first: one untraced, one traced and dropped (the profiler warms up)
@@ -33,8 +32,6 @@ class StepProfiler:
     """Profiles `steps` training steps once per run, the first time `around` wraps an epoch."""
 
     def __init__(self, run_dir: Path | None, steps: int, device: torch.device) -> None:
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise UserError(f"trainer.profile_steps: {steps!r} must be a whole number ≥ 1")
         self.run_dir, self.steps, self.device = run_dir, steps, device
         self.done = run_dir is None  # off, or not the main process: nothing to watch
         self.prof: profile | None = None

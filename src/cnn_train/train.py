@@ -48,6 +48,7 @@ def check_config(cfg: DictConfig) -> None:
         ("data.val_split", cfg.data.val_split, lambda v: 0 < v < 1, "must lie strictly between 0 and 1"),
         ("trainer.max_epochs", cfg.trainer.max_epochs, lambda v: v >= 1, "must be ≥ 1"),
         ("data.num_workers", cfg.data.num_workers, lambda v: v >= 0, "must be ≥ 0"),
+        ("trainer.profile_steps", cfg.trainer.profile_steps, lambda v: v >= 1, "must be a whole number ≥ 1"),
         (
             "trainer.accumulate_grad_batches",
             cfg.trainer.accumulate_grad_batches,
