@@ -96,18 +96,27 @@ def test_cnn_train_with_lr_find_trains_afresh_at_the_suggestion(fashion_root: Pa
     assert (told["train_loss"], told["val_loss"]) == (row["train_loss"], row["val_loss"])
 
 
-def test_range_test_under_accumulation_steps_once_per_group(fashion_root: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("precision", ["32", "bf16"])
+def test_range_test_under_accumulation_steps_once_per_group(
+    fashion_root: Path, tmp_path: Path, precision: str
+) -> None:
     """4 accumulated batches of 64 make the steps one batch of 256 makes: the same curve, a quarter of the steps."""
     from cnn_train import lrfind
 
-    grouped = lrfind.find(config(fashion_root, "trainer.accumulate_grad_batches=4"), tmp_path / "grouped")
+    p = f"trainer.precision={precision}"
+    grouped = lrfind.find(config(fashion_root, "trainer.accumulate_grad_batches=4", p), tmp_path / "grouped")
     whole = lrfind.find(
-        config(fashion_root, "data.batch_size=256", "trainer.limit_train_batches=25"), tmp_path / "whole"
+        config(fashion_root, "data.batch_size=256", "trainer.limit_train_batches=25", p), tmp_path / "whole"
     )
     assert grouped["steps"] == whole["steps"] == 25
-    assert grouped["lrs"] == whole["lrs"]
+    common = min(len(grouped["lrs"]), len(whole["lrs"]))
+    assert grouped["lrs"][:common] == whole["lrs"][:common] and common >= 5
+    if precision == "32":  # fp32: the same curve to its end, the divergence at the same step
+        assert grouped["lrs"] == whole["lrs"]
     # The same images in the same order (one shuffle, consecutive slices); equal up to float summation order.
-    assert np.allclose(grouped["losses"][:15], whole["losses"][:15], rtol=1e-4)
+    # bf16 rounds the two batch shapes' products differently, and the growing lr amplifies it after a few steps.
+    steps, rtol = (15, 1e-4) if precision == "32" else (5, 1e-3)
+    assert np.allclose(grouped["losses"][:steps], whole["losses"][:steps], rtol=rtol)
 
 
 def test_resumed_run_keeps_the_lr_its_range_test_found(fashion_root: Path, tmp_path: Path) -> None:
