@@ -23,8 +23,8 @@ from bench import ROOT, cnn_train_cfg, machine  # benchmarks/bench.py, next to t
 from torchvision.transforms import v2
 
 from cnn_train.data.policies import AutoAugment, RandAugment, TrivialAugment
-from cnn_train.hardware import pick_device
-from cnn_train.train import fit
+from cnn_train.runtime.hardware import pick_device
+from cnn_train.training.fit import fit
 
 POLICIES = {  # name: (torchvision, cnn-train, Kornia class name and arguments)
     "randaugment": (v2.RandAugment(), RandAugment(), ("RandAugment", {"n": 2, "m": 9})),

@@ -41,9 +41,9 @@ from tutorial import tutorial_loader
 
 from cnn_train.config import register_schemas
 from cnn_train.data.datasets import DEBIAN_FASHION_MNIST, MNIST_FILES
-from cnn_train.hardware import compute_dtype, physical_cores, pick_device
 from cnn_train.models import build_model
-from cnn_train.train import fit
+from cnn_train.runtime.hardware import compute_dtype, physical_cores, pick_device
+from cnn_train.training.fit import fit
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = {  # model: (batch size, input side, batches timed on a CPU, on a GPU)

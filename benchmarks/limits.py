@@ -20,8 +20,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from cnn_train.config import TrainerConfig
-from cnn_train.hardware import Speed, compute_dtype, resolve_speed
 from cnn_train.models import build_model
+from cnn_train.runtime.hardware import Speed, compute_dtype, resolve_speed
 
 
 @dataclass(frozen=True)

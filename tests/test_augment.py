@@ -13,9 +13,9 @@ from hydra.utils import instantiate
 from cnn_train.config import check_target_keys
 from cnn_train.data.datasets import read_idx
 from cnn_train.data.loaders import Batches
-from cnn_train.engine import EpochProgress, Meter, train_one_epoch
-from cnn_train.session import Session, build
-from cnn_train.train import fit, label_titles, training_samples
+from cnn_train.training.engine import EpochProgress, Meter, train_one_epoch
+from cnn_train.training.fit import fit, label_titles, training_samples
+from cnn_train.training.session import Session, build
 from tests.conftest import TINY, make_config
 
 POLICIES = ["randaugment", "trivialaugment", "autoaugment"]

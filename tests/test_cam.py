@@ -11,13 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
-from cnn_train import checkpoint, cli
-from cnn_train.cam import cam_dir, grad_cam, save_prediction_cams
+from cnn_train.analysis.cam import cam_dir, grad_cam, save_prediction_cams
+from cnn_train.cli import predict as predict_cli
+from cnn_train.cli import tools
 from cnn_train.data.datasets import read_idx
 from cnn_train.data.transforms import EvalTransform, Preprocess, read_image_tensor
-from cnn_train.errors import UserError
+from cnn_train.inference import checkpoint
 from cnn_train.models import build_model, list_models, min_image_size
-from cnn_train.train import fit
+from cnn_train.runtime.errors import UserError
+from cnn_train.training.fit import fit
 from tests.conftest import make_config
 
 # The side of each model's last convolutional stage at 28 px (75 for inception_v3), worked out by hand from
@@ -110,7 +112,7 @@ def test_cnn_predict_cam_writes_one_png_per_image(
     trained: Path, pictures: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread: None
 ) -> None:
     args = (f"img={pictures}", f"ckpt={trained}", "output=out/p.csv", "cam=true", "device=cpu")
-    assert run_cli(cli.predict_main, *args, cwd=tmp_path, monkeypatch=monkeypatch) == 0
+    assert run_cli(predict_cli.main, *args, cwd=tmp_path, monkeypatch=monkeypatch) == 0
     written = sorted(p.name for p in (tmp_path / "out" / "p_cam").iterdir())
     assert written == ["0000_a.png", "0001_b.png", "0002_c.png"]
     assert all(pixels(tmp_path / "out" / "p_cam" / name).std() > 0 for name in written)
@@ -130,7 +132,7 @@ def test_cnn_eval_cam_writes_the_misclassified_grid(
     trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread: None
 ) -> None:
     args = (f"ckpt={trained}", "limit_batches=1", "batch_size=16", f"output_dir={tmp_path}", "cam=true")
-    assert run_cli(cli.eval_main, *args, cwd=tmp_path, monkeypatch=monkeypatch) == 0
+    assert run_cli(tools.eval_main, *args, cwd=tmp_path, monkeypatch=monkeypatch) == 0
     assert (
         pixels(tmp_path / "misclassified_cam.png").shape != pixels(tmp_path / "misclassified.png").shape
         or (pixels(tmp_path / "misclassified_cam.png") != pixels(tmp_path / "misclassified.png")).any()
@@ -147,7 +149,7 @@ def test_cnn_summary_img_draws_what_the_checkpoints_weights_see(
     for folder, ckpt in runs.items():
         (tmp_path / folder).mkdir()
         args = (f"ckpt={ckpt}", f"img={pictures / 'a.png'}")
-        assert run_cli(cli.summary_main, *args, cwd=tmp_path / folder, monkeypatch=monkeypatch) == 0
+        assert run_cli(tools.summary_main, *args, cwd=tmp_path / folder, monkeypatch=monkeypatch) == 0
     for figure in ("filters.png", "feature_maps.png"):
         a, again, mirrored = (pixels(tmp_path / folder / figure) for folder in runs)
         assert np.array_equal(a, again)  # the same weights draw the same figure ...

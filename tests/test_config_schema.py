@@ -12,9 +12,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
-from cnn_train.cli import config_error
+from cnn_train.cli.common import config_error
 from cnn_train.config import DataConfig, TrainerConfig, check_declared_keys, check_target_keys, with_defaults
-from cnn_train.errors import UserError
+from cnn_train.runtime.errors import UserError
 from tests.conftest import CONFIGS, make_config
 
 BIN = Path(sys.executable).parent

@@ -7,7 +7,7 @@ import torch
 from hydra.utils import instantiate
 
 from cnn_train.models import list_models
-from cnn_train.schedules import Schedule
+from cnn_train.training.schedules import Schedule
 from tests.conftest import CONFIGS, make_config
 
 GROUPS = ["model", "data", "optimizer", "scheduler", "augmentation", "trainer", "experiment", "debug"]

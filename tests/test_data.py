@@ -13,7 +13,7 @@ from PIL import Image
 from cnn_train.data.datasets import TensorSplit, load_dataset, read_idx
 from cnn_train.data.loaders import Batches
 from cnn_train.data.transforms import EvalTransform, RandomCropFlip, load_image, read_image_tensor
-from cnn_train.errors import UserError
+from cnn_train.runtime.errors import UserError
 from tests.conftest import CIFAR_CLASSES, write_idx
 
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from cnn_train.cli import data_main
-from cnn_train.duplicates import near_pairs
+from cnn_train.analysis.duplicates import near_pairs
+from cnn_train.cli.tools import data_main
 from tests.conftest import write_folder
 
 

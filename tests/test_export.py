@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from cnn_train.data.datasets import read_idx
-from cnn_train.errors import UserError
-from cnn_train.export import META_KEY, OnnxModel
-from cnn_train.predict import predict
+from cnn_train.inference.export import META_KEY, OnnxModel
+from cnn_train.inference.predict import predict
+from cnn_train.runtime.errors import UserError
 from tests.test_cli import only_run, run, workdir  # noqa: F401  (workdir is a fixture)
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from cnn_train.evaluation import per_class
+from cnn_train.analysis.anatomy import summarize
+from cnn_train.analysis.evaluation import per_class
 from cnn_train.models import build_model, list_models, min_image_size
-from cnn_train.summary import summarize
 from tests.test_cli import only_run, run, workdir  # noqa: F401  (workdir is a fixture)
 
 

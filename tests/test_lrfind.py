@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cnn_train.train import fit
+from cnn_train.training.fit import fit
 from tests.conftest import make_config
 
 # LeNet and Adam on 100 batches of 64 real images, 12 steps a decade: the loss falls from ln 10 around lr 1e-2,
@@ -36,7 +36,9 @@ def config(root: Path, *overrides: str) -> Any:
 def found(fashion_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path, str]:
     """cnn-lrfind as a user runs it: the run dir's lr_find.json, the dir, and what it printed."""
     cwd = tmp_path_factory.mktemp("lrfind")
-    script = "import sys; from cnn_train.cli import lrfind_main; sys.argv[0] = 'cnn-lrfind'; lrfind_main()"
+    script = (
+        "import sys; from cnn_train.cli.train import lrfind_main; sys.argv[0] = 'cnn-lrfind'; lrfind_main()"
+    )
     args = [*RANGE, f"data.root={fashion_root}"]
     proc = subprocess.run([sys.executable, "-c", script, *args], cwd=cwd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
@@ -101,7 +103,7 @@ def test_range_test_under_accumulation_steps_once_per_group(
     fashion_root: Path, tmp_path: Path, precision: str
 ) -> None:
     """4 accumulated batches of 64 make the steps one batch of 256 makes: the same curve, a quarter of the steps."""
-    from cnn_train import lrfind
+    from cnn_train.training import lrfind
 
     p = f"trainer.precision={precision}"
     grouped = lrfind.find(config(fashion_root, "trainer.accumulate_grad_batches=4", p), tmp_path / "grouped")

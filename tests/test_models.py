@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from cnn_train.errors import UserError
 from cnn_train.models import build_model, list_models, min_image_size, register_model
+from cnn_train.runtime.errors import UserError
 
 SHAPES = [(1, 28), (3, 32), (3, 224)]  # Fashion-MNIST, CIFAR-10, ImageNet-sized photos
 

@@ -13,15 +13,15 @@ import pytest
 import torch
 from PIL import Image
 
-from cnn_train import checkpoint
+from cnn_train.analysis.evaluation import evaluate_checkpoint
 from cnn_train.data.loaders import Batches
 from cnn_train.data.transforms import Preprocess
-from cnn_train.engine import infer
-from cnn_train.evaluation import evaluate_checkpoint
-from cnn_train.export import export
-from cnn_train.interrupts import Interrupted
-from cnn_train.predict import predict
-from cnn_train.train import fit
+from cnn_train.inference import checkpoint
+from cnn_train.inference.export import export
+from cnn_train.inference.infer import infer
+from cnn_train.inference.predict import predict
+from cnn_train.runtime.interrupts import Interrupted
+from cnn_train.training.fit import fit
 from tests.conftest import make_config, sigterm_after_first_save
 
 PRECISIONS = pytest.mark.parametrize("precision", ["32", "bf16"])

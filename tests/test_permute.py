@@ -9,13 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from cnn_train import checkpoint
 from cnn_train.data.datasets import read_idx
 from cnn_train.data.transforms import Preprocess
-from cnn_train.engine import infer
-from cnn_train.predict import predict
-from cnn_train.session import build
-from cnn_train.train import fit
+from cnn_train.inference import checkpoint
+from cnn_train.inference.infer import infer
+from cnn_train.inference.predict import predict
+from cnn_train.training.fit import fit
+from cnn_train.training.session import build
 from tests.conftest import TINY, make_config
 
 SEED = 7

@@ -12,11 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from cnn_train import checkpoint
 from cnn_train.data.datasets import read_idx
-from cnn_train.errors import UserError
-from cnn_train.predict import expand_inputs, predict, write_predictions
-from cnn_train.train import fit
+from cnn_train.inference import checkpoint
+from cnn_train.inference.predict import expand_inputs, predict, write_predictions
+from cnn_train.runtime.errors import UserError
+from cnn_train.training.fit import fit
 from tests.conftest import make_config
 
 

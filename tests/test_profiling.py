@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cnn_train.errors import UserError
-from cnn_train.train import check_config, fit
+from cnn_train.runtime.errors import UserError
+from cnn_train.training.fit import check_config, fit
 from tests.conftest import make_config
 
 

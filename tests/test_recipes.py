@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from cnn_train import checkpoint
-from cnn_train.engine import EpochProgress, train_one_epoch
-from cnn_train.errors import UserError
-from cnn_train.session import build
-from cnn_train.stopping import epochs_without_improvement, parse_duration
-from cnn_train.train import fit, validate
+from cnn_train.inference import checkpoint
+from cnn_train.runtime.errors import UserError
+from cnn_train.training.engine import EpochProgress, train_one_epoch
+from cnn_train.training.fit import fit, validate
+from cnn_train.training.session import build
+from cnn_train.training.stopping import epochs_without_improvement, parse_duration
 from tests.conftest import make_config
 
 TINY = [

@@ -14,11 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-from cnn_train import checkpoint
-from cnn_train.engine import NonFiniteLoss
-from cnn_train.errors import UserError
-from cnn_train.interrupts import Interrupted
-from cnn_train.train import fit
+from cnn_train.inference import checkpoint
+from cnn_train.runtime.errors import UserError
+from cnn_train.runtime.interrupts import Interrupted
+from cnn_train.training.engine import NonFiniteLoss
+from cnn_train.training.fit import fit
 from tests.conftest import make_config, sigterm_after_first_save, write_folder
 from tests.test_cli import BIN, run
 

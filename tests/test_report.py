@@ -83,7 +83,7 @@ def test_sweep_report_compares_both_jobs(sweep_dir: Path) -> None:
 
 
 def test_cnn_report_rebuilds_the_same_pages(sweep_dir: Path, tmp_path: Path, monkeypatch, capsys) -> None:
-    from cnn_train.cli import report_main
+    from cnn_train.cli.tools import report_main
 
     for folder in (sweep_dir / "0", sweep_dir):
         before = (folder / "report.html").read_bytes()

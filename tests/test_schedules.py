@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import torch
 
-from cnn_train import schedules
-from cnn_train.errors import UserError
-from cnn_train.schedules import Schedule
+from cnn_train.runtime.errors import UserError
+from cnn_train.training import schedules
+from cnn_train.training.schedules import Schedule
 
 BASE = 0.1
 

@@ -13,17 +13,17 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from cnn_train.analysis.anatomy import summarize
 from cnn_train.config import TrainerConfig
 from cnn_train.data.datasets import load_dataset
 from cnn_train.data.loaders import Batches
 from cnn_train.data.transforms import EvalTransform, Preprocess
-from cnn_train.engine import infer
-from cnn_train.errors import UserError
-from cnn_train.hardware import resolve_speed
+from cnn_train.inference.infer import infer
 from cnn_train.models import build_model
-from cnn_train.session import build
-from cnn_train.summary import summarize
-from cnn_train.train import fit
+from cnn_train.runtime.errors import UserError
+from cnn_train.runtime.hardware import resolve_speed
+from cnn_train.training.fit import fit
+from cnn_train.training.session import build
 from tests.conftest import make_config
 from tests.test_train import read_metrics
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnn_train import checkpoint
-from cnn_train.errors import UserError
-from cnn_train.evaluation import evaluate_checkpoint
+from cnn_train.analysis.evaluation import evaluate_checkpoint
+from cnn_train.inference import checkpoint
 from cnn_train.models import list_models, min_image_size
-from cnn_train.train import fit
+from cnn_train.runtime.errors import UserError
+from cnn_train.training.fit import fit
 from tests.conftest import TINY, make_config
 
 RUN_FILES = ["best.pt", "last.pt", "class_indices.json", "metrics.csv", "results.json"]

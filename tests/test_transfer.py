@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnn_train import checkpoint, transfer
-from cnn_train.errors import UserError
+from cnn_train.inference import checkpoint
 from cnn_train.models import build_model
-from cnn_train.train import fit
+from cnn_train.runtime.errors import UserError
+from cnn_train.training import transfer
+from cnn_train.training.fit import fit
 from tests.conftest import TINY, make_config
 
 

@@ -19,7 +19,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.utils import get_object
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from cnn_train.errors import UserError
+from cnn_train.runtime.errors import UserError
 
 
 @dataclass
@@ -100,9 +100,9 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     optimizer: dict[str, Any] = MISSING  # _target_ + _partial_: its keys are the optimizer's arguments
-    scheduler: dict[str, Any] = MISSING  # _target_ + _partial_: a schedule in cnn_train.schedules
+    scheduler: dict[str, Any] = MISSING  # _target_ + _partial_: a schedule in cnn_train.training.schedules
     augmentation: dict[str, Any] = MISSING  # _target_: a BatchAugment (data.transforms, data.policies)
-    logger: dict[str, Any] = MISSING  # _target_ + _partial_: a tracker in cnn_train.loggers
+    logger: dict[str, Any] = MISSING  # _target_ + _partial_: a tracker in cnn_train.runtime.loggers
     optimized_metric: str = "best_val_acc"  # the results.json value cnn-train returns (a sweeper maximizes)
     output_root: str = "outputs"  # run dirs go here; cnn-predict and trainer.resume=auto search here
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
-from cnn_train.errors import UserError
+from cnn_train.runtime.errors import UserError
 
 ERASE_SCALE = (0.02, 0.33)  # torchvision RandomErasing's defaults: area fraction of the erased box
 ERASE_RATIO = (0.3, 3.3)  # and its aspect ratio range

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torchvision import datasets as tvd
 
-from cnn_train.errors import UserError
+from cnn_train.runtime.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from cnn_train import distributed
 from cnn_train.data.datasets import FileSplit, Split, TensorSplit
 from cnn_train.data.transforms import EvalTransform, read_image_tensor
-from cnn_train.errors import UserError
+from cnn_train.runtime import distributed
+from cnn_train.runtime.errors import UserError
 
 log = logging.getLogger(__name__)
 Batch = tuple[torch.Tensor, torch.Tensor]

@@ -16,7 +16,7 @@ from torchvision.transforms import v2
 
 from cnn_train.data.batch_augment import BatchAugment
 from cnn_train.data.image_ops import apply_per_image
-from cnn_train.errors import UserError
+from cnn_train.runtime.errors import UserError
 
 # torchvision's search spaces: name -> (magnitudes(num_bins, height, width) or None, signed); private names,
 # read once here, so a torchvision that renames them fails at import rather than training differently.

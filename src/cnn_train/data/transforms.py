@@ -22,7 +22,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from cnn_train.data.batch_augment import BatchAugment
 from cnn_train.data.permute import mirror_permuted, permute_pixels, pixel_permutation
-from cnn_train.errors import UserError
+from cnn_train.runtime.errors import UserError
 
 LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R 601, what PIL's convert("L") uses
 

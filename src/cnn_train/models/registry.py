@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnn_train.errors import UserError
+from cnn_train.runtime.errors import UserError
 
 ModelBuilder = Callable[..., nn.Module]
 _MODELS: dict[str, ModelBuilder] = {}

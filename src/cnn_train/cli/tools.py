@@ -1,0 +1,187 @@
+"""cnn-eval, cnn-export, cnn-summary, cnn-data and cnn-report: what a checkpoint, a model or a dataset tells."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console, Group
+from rich.table import Table
+
+from cnn_train.cli.common import USER_ERRORS, checkpoint_arg, config_dir, console, fail, run_app, user_error
+from cnn_train.config import check_declared_keys
+from cnn_train.runtime import files
+from cnn_train.runtime.errors import UserError
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="summary")
+def _summary(cfg: DictConfig) -> None:
+    from cnn_train.analysis.anatomy import summarize
+    from cnn_train.analysis.layer_views import save_layer_views, summary_model
+
+    try:
+        check_declared_keys(cfg)
+        name, model, spec = summary_model(cfg)  # ckpt='s model and transform, else model=/data='s
+        report = summarize(model, spec.channels, spec.image_size)
+        if cfg.json:
+            files.write_json(cfg.json, {"model": name, **report})
+        if cfg.img:
+            views = save_layer_views(model, spec, Path(cfg.img).expanduser())
+            console.print(f"wrote {views['filters']} and {views['feature_maps']}", highlight=False)
+    except USER_ERRORS as e:
+        fail(user_error(e))
+        return
+    if _SUMMARY_JSON_TO_STDOUT:
+        print(json.dumps({"model": name, **report}, indent=2))
+    else:
+        Console(width=None if sys.stdout.isatty() else 140).print(summary_tables(name, report))
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
+def _eval(cfg: DictConfig) -> None:
+    from cnn_train.analysis.evaluation import evaluate_checkpoint
+    from cnn_train.runtime.hardware import pick_device
+
+    try:
+        check_declared_keys(cfg)
+        if cfg.split not in ("test", "val"):
+            raise UserError(f"split: {cfg.split!r} is not test or val")
+        ckpt = checkpoint_arg(cfg)
+        out_dir = Path(cfg.output_dir) if cfg.output_dir else ckpt.parent / "eval"
+        data = None  # the checkpoint's own
+        if cfg.data is not None:
+            data = OmegaConf.to_container(cfg.data, resolve=True, throw_on_missing=True)
+        device = pick_device(cfg.device)
+        report = evaluate_checkpoint(
+            ckpt, out_dir, data, cfg.split, device, cfg.batch_size, cfg.limit_batches, tta=bool(cfg.tta),
+            cam=bool(cfg.cam),
+        )  # fmt: skip
+    except USER_ERRORS as e:
+        fail(user_error(e))
+        return
+    table = Table(title=f"{report['data']} {report['split']}: accuracy {report['accuracy']:.4f}, "
+                  f"top-5 {report['top5_accuracy']:.4f} ({report['images']} images)")  # fmt: skip
+    for col in ("class", "precision", "recall", "F1", "support"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for r in report["per_class"]:
+        table.add_row(
+            r["class"], f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", str(r["support"])
+        )
+    Console(width=None if sys.stdout.isatty() else 120).print(table)
+    figures = "misclassified.png, misclassified_cam.png" if cfg.cam else "misclassified.png"
+    console.print(f"wrote eval.json, confusion_matrix.png, {figures} to {out_dir}", highlight=False)
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="export")
+def _export(cfg: DictConfig) -> None:
+    from cnn_train.inference.export import export
+
+    try:
+        check_declared_keys(cfg)
+        if not cfg.ckpt:
+            raise UserError("ckpt: give the checkpoint to export, e.g. ckpt=outputs/.../best.pt")
+        path, diff = export(Path(cfg.ckpt).expanduser(), str(cfg.format), cfg.output, float(cfg.tolerance))
+    except USER_ERRORS as e:
+        fail(user_error(e))
+        return
+    console.print(f"wrote {path}; max |difference| from PyTorch on a real batch: {diff:.2e}", highlight=False)
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="data_check")
+def _data_check(cfg: DictConfig) -> None:
+    from cnn_train.analysis.datacheck import check_dataset, summary_table
+
+    try:
+        check_declared_keys(cfg)
+        d = cfg.data
+        report = check_dataset(d.name, d.root, d.val_split, cfg.seed, cfg.near_threshold, cfg.near_max_diff)
+        if cfg.output:
+            files.write_json(cfg.output, report)
+    except USER_ERRORS as e:
+        fail(user_error(e))
+        return
+    Console(width=None if sys.stdout.isatty() else 120).print(summary_table(report))
+    if cfg.output:
+        console.print(f"wrote every group and path to {cfg.output}", highlight=False)
+
+
+def summary_tables(name: str, report: dict[str, Any]) -> Group:
+    """The layer table, then the conv / fully connected split."""
+    layers = Table(title=f"{name}, input {'×'.join(map(str, report['input']))}", show_lines=False)
+    for col in ("layer", "type", "output shape", "params", "FLOPs", "activations"):
+        layers.add_column(col, justify="left" if col in ("layer", "type", "output shape") else "right")
+    for lay in report["layers"]:
+        shape = "×".join(map(str, lay["output_shape"]))
+        layers.add_row(
+            lay["name"],
+            lay["type"],
+            shape,
+            f"{lay['params']:,}",
+            _si(lay["flops"]),
+            _si(lay["activation_bytes"], "B"),
+        )
+    layers.add_row(
+        "total", "", "", f"{report['total_params']:,}", _si(report["total_flops"]),
+        _si(report["total_activation_bytes"], "B"), style="bold",
+    )  # fmt: skip
+    split = Table(title="where parameters and compute sit")
+    for col in ("layers", "params", "share of params", "FLOPs", "share of FLOPs"):
+        split.add_column(col, justify="right")
+    for kind, label in (("conv", "convolutions"), ("fc", "fully connected")):
+        d = report["split"][kind]
+        split.add_row(
+            label, f"{d['params']:,}", f"{d['params_share']:.1%}", _si(d["flops"]), f"{d['flops_share']:.1%}"
+        )
+    return Group(layers, split)
+
+
+def _si(value: float, unit: str = "") -> str:
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.2f} {prefix}{unit}"
+    return f"{value:.0f} {unit}".strip()
+
+
+_SUMMARY_JSON_TO_STDOUT = False
+
+
+def summary_main() -> None:
+    """`cnn-summary model=... data=... [--json]`: the model's anatomy."""
+    global _SUMMARY_JSON_TO_STDOUT
+    if "--json" in sys.argv:
+        sys.argv.remove("--json")
+        _SUMMARY_JSON_TO_STDOUT = True
+    run_app(_summary)
+
+
+def eval_main() -> None:
+    """`cnn-eval ckpt=... [data=...]`: evaluate a checkpoint."""
+    run_app(_eval)
+
+
+def export_main() -> None:
+    """`cnn-export ckpt=... format=onnx|torchscript`: export a checkpoint and check it."""
+    run_app(_export)
+
+
+def data_main() -> None:
+    """`cnn-data data=... [output=report.json]`: check a dataset for imbalance, broken files and duplicates."""
+    run_app(_data_check)
+
+
+def report_main() -> None:
+    """`cnn-report DIR`: rebuild report.html of a run dir or a sweep dir from the files it holds."""
+    from cnn_train.reports.run import build_report
+
+    if len(sys.argv) != 2 or sys.argv[1].startswith("-"):
+        fail("usage: cnn-report RUN_DIR|SWEEP_DIR (rebuilds its report.html)")
+    try:
+        path = build_report(Path(sys.argv[1]).expanduser())
+    except UserError as e:
+        fail(str(e))
+        return
+    console.print(f"wrote {path}", highlight=False)

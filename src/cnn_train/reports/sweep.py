@@ -1,0 +1,175 @@
+"""report.html of a sweep: the model-comparison table the textbook builds by hand, and what a search learned.
+
+A sortable leaderboard of every job (overrides, status, accuracies, parameters, FLOPs, seconds, images/s),
+every job's validation curve on one plot, and for an Optuna search the parameter importances and the trials'
+objective in trial order. Everything comes from the job folders and multirun.yaml, so `cnn-report SWEEP_DIR`
+rebuilds it at any time; the Optuna study is rebuilt from the jobs' overrides and results (the sweeper keeps
+it only in memory unless given a storage).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cnn_train.analysis import plots
+from cnn_train.reports import page as h
+from cnn_train.reports.rundata import read_metrics
+from cnn_train.runtime import files
+
+log = logging.getLogger(__name__)
+SUMMARY_FIELDS = [
+    "job",
+    "swept",
+    "status",
+    "best",
+    "best_val_acc",
+    "test_acc",
+    "wall_seconds",
+    "overrides",
+    "error",
+]
+COLUMNS = ["job", "overrides", "status", "best", "best_val_acc", "test_acc", "parameters", "FLOPs", "seconds",
+           "images/s"]  # fmt: skip
+
+
+def collect(sweep_dir: Path, metric: str = "best_val_acc") -> list[dict[str, Any]]:
+    """One row per job folder (those holding .hydra/overrides.yaml), in job order; `best` marks the job with
+    the highest `metric` (the value a sweeper such as Optuna maximizes)."""
+    rows = []
+    jobs = [p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")]
+    for job in sorted(jobs, key=lambda p: (len(p.name), p.name)):
+        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
+        row: dict[str, Any] = {"job": job.name, "overrides": " ".join(overrides)}
+        results_file = job / "results.json"
+        if results_file.is_file():
+            results = json.loads(results_file.read_text())
+            row.update(status="ok", best_val_acc=results["best_val_acc"], test_acc=results["test_acc"])
+            row.update(wall_seconds=results["wall_seconds"], metric=results.get(metric))
+        else:
+            error = job / "error.txt"
+            row.update(status="failed", best_val_acc=None, test_acc=None, wall_seconds=None, metric=None)
+            row["error"] = error.read_text().strip() if error.is_file() else "no results.json"
+        rows.append(row)
+    # The overrides every job shares say nothing about the jobs: `swept` keeps the ones that differ.
+    common = set.intersection(*(set(r["overrides"].split()) for r in rows)) if rows else set()
+    for r in rows:
+        r["swept"] = " ".join(o for o in r["overrides"].split() if o not in common)
+    scored = [r for r in rows if isinstance(r.get("metric"), (int, float))]
+    best = max(scored, key=lambda r: r["metric"], default=None)
+    for r in rows:
+        r["best"] = "*" if r is best else ""
+    return rows
+
+
+def write_summary(sweep_dir: Path, metric: str) -> list[dict[str, Any]]:
+    """<sweep dir>/summary.csv: one row per job (`collect`); returns the rows (none: nothing written)."""
+    rows = collect(sweep_dir, metric)
+    if rows:
+        files.write_csv(
+            sweep_dir / "summary.csv", [{k: r.get(k) for k in SUMMARY_FIELDS} for r in rows], SUMMARY_FIELDS
+        )
+    return rows
+
+
+def sweep_config(sweep_dir: Path) -> dict[str, Any]:
+    """The sweep's config with its `hydra` node: multirun.yaml (the basic sweeper writes it), else the first
+    job's .hydra/ (the Optuna sweeper writes no multirun.yaml); empty when neither is there."""
+    path = sweep_dir / "multirun.yaml"
+    if path.is_file():
+        return yaml.safe_load(path.read_text()) or {}
+    for job in sorted(sweep_dir.glob("*/.hydra")):
+        config = yaml.safe_load((job / "config.yaml").read_text()) or {}
+        return {**config, **(yaml.safe_load((job / "hydra.yaml").read_text()) or {})}
+    return {}
+
+
+def job_rows(sweep_dir: Path, metric: str) -> list[dict[str, Any]]:
+    """`collect`'s rows, with each job's parameters, FLOPs, mean images/s and validation curve."""
+    rows = collect(sweep_dir, metric)
+    for r in rows:
+        job = sweep_dir / r["job"]
+        results = json.loads((job / "results.json").read_text()) if (job / "results.json").is_file() else {}
+        anatomy = {}
+        if (job / "report.json").is_file():
+            anatomy = json.loads((job / "report.json").read_text()).get("anatomy", {})
+        metrics = read_metrics(job)
+        speeds = [float(m["images_per_s"]) for m in metrics if m.get("images_per_s")]
+        r.update(
+            parameters=results.get("parameters"), FLOPs=anatomy.get("flops"), seconds=r.get("wall_seconds"),
+            curve=([int(m["epoch"]) for m in metrics], [float(m["val_acc"]) for m in metrics]),
+        )  # fmt: skip
+        r["images/s"] = round(sum(speeds) / len(speeds), 1) if speeds else None
+    return rows
+
+
+def leaderboard(rows: list[dict[str, Any]]) -> str:
+    """One row per job; `overrides` shows what sets the job apart (what all share is said once above)."""
+
+    def shown(r: dict[str, Any], k: str) -> Any:
+        value = r.get(k)
+        if value is None:
+            return None
+        if k == "FLOPs":
+            return (value, h.si(value))
+        if k in ("seconds", "images/s"):
+            return (value, f"{value:,.1f}")
+        if k == "status" and r.get("error"):
+            return f"failed: {r['error']}"
+        return r["swept"] or r["overrides"] if k == "overrides" else value
+
+    common = [o for o in rows[0]["overrides"].split() if o not in rows[0]["swept"].split()] if rows else []
+    shared = f"<p>Every job also had: <code>{h.esc(' '.join(common))}</code></p>" if common else ""
+    return shared + h.table(COLUMNS, [[shown(r, k) for k in COLUMNS] for r in rows])
+
+
+def curves(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
+    series = {f"{r['job']}: {r['swept'] or r['overrides']}"[:60]: r["curve"] for r in rows if r["curve"][0]}
+    if not series:
+        return h.note("no job finished an epoch")
+    plots.plot_lines(series, "epoch", "validation accuracy", sweep_dir / "val_curves.png")
+    return h.figure(sweep_dir / "val_curves.png", "validation accuracy per epoch, every job")
+
+
+def write_sweep_report(sweep_dir: Path, metric: str | None = None) -> Path:
+    """Render <sweep dir>/report.html (and the figures it embeds) from the job folders."""
+    from cnn_train.reports.optuna import optuna_section
+
+    config = sweep_config(sweep_dir)
+    metric = metric or str(config.get("optimized_metric", "best_val_acc"))
+    rows = job_rows(sweep_dir, metric)
+    ok = [r for r in rows if r["status"] == "ok"]
+    best = next((r for r in rows if r["best"]), None)
+    sub = f"{len(rows)} jobs, {len(ok)} finished · {sweep_dir.resolve()}"
+    lead = (
+        f"<p>Best by {h.esc(metric)}: job {h.esc(best['job'])} ({h.esc(best['swept'] or best['overrides'])}), "
+        f"{h.esc(metric)} {h.fmt(best['metric'])}. Click a column header to sort.</p>"
+        if best
+        else h.note("no job finished")
+    )
+    sections = [
+        h.section("Leaderboard", lead, leaderboard(rows)),
+        h.section("Validation curves", curves(sweep_dir, rows)),
+    ]
+    sweeper = (config.get("hydra") or {}).get("sweeper") or {}
+    if "optuna" in str(sweeper.get("_target_", "")):
+        try:
+            sections.append(optuna_section(sweep_dir, sweeper, rows))
+        except Exception as e:  # the leaderboard stands on its own
+            log.warning("Optuna section of the sweep report not written: %s", e)
+            sections.append(h.section("Optuna search", h.note(f"could not be rebuilt: {e}")))
+    path = sweep_dir / "report.html"
+    files.write_text(path, h.page("Sweep report", sub, sections))
+    return path
+
+
+def after_sweep(sweep_dir: Path, metric: str) -> None:
+    """At the end of a multirun: the sweep's report.html; a failure here only warns."""
+    try:
+        log.info("wrote %s", write_sweep_report(sweep_dir, metric))
+    except Exception as e:  # every job's results are safe: a figure must not fail the sweep
+        log.warning("sweep report.html not written: %s", e)

@@ -1,0 +1,109 @@
+"""Several processes, one run: torchrun's environment, the process group, and the few collectives we use.
+
+`torchrun --nproc_per_node=N $(which cnn-train) ...` starts N copies; each reads RANK / WORLD_SIZE /
+LOCAL_RANK, joins one process group (NCCL on CUDA, gloo on CPU), trains on its shard of every global batch
+and all-reduces its metric sums. Only rank 0 prints bars and writes files. Without torchrun nothing here
+does anything.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from cnn_train.runtime.errors import UserError
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the processes of a run."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.size > 1
+
+
+def world_from_env() -> World:
+    """What torchrun told this process (a single process when it did not)."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World()
+    return World(int(os.environ.get("RANK", "0")), size, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init(world: World, device: torch.device) -> torch.device:
+    """Join the process group (once per process); returns this rank's device (cuda:LOCAL_RANK on GPUs)."""
+    if not world.active:
+        return device
+    if device.type == "cuda":
+        if world.local_rank >= torch.cuda.device_count():
+            raise UserError(
+                f"torchrun: local rank {world.local_rank} but only {torch.cuda.device_count()} CUDA devices"
+            )
+        torch.cuda.set_device(world.local_rank)
+        device = torch.device("cuda", world.local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum `t` over all processes, in place (a no-op for one process)."""
+    if active():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def _all_reduce_int(value: int, device: torch.device, op: dist.ReduceOp) -> int:
+    if not active():
+        return value
+    t = torch.tensor([value], device=device)
+    dist.all_reduce(t, op=op)
+    return int(t.item())
+
+
+def all_max(value: int, device: torch.device) -> int:
+    """The largest `value` over all processes (e.g. the signal any one of them got; 0 for none)."""
+    return _all_reduce_int(value, device, dist.ReduceOp.MAX)
+
+
+def all_min(value: int, device: torch.device) -> int:
+    """The smallest `value` over all processes (e.g. whether every one of them has images for a step)."""
+    return _all_reduce_int(value, device, dist.ReduceOp.MIN)
+
+
+def broadcast(obj: Any) -> Any:
+    """Rank 0's value of a picklable object, on every process."""
+    if not active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def sync_buffers(model: torch.nn.Module) -> None:
+    """Rank 0's BatchNorm statistics everywhere, so every rank evaluates the weights rank 0 saves."""
+    if active():
+        for b in model.buffers():
+            dist.broadcast(b, src=0)
