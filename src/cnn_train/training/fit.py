@@ -214,8 +214,12 @@ def resume(
             f"trainer.resume: {path} holds {last['model']['name']} {last['model']['kwargs']}, "
             f"but this run builds {s.model_spec['name']} {s.model_spec['kwargs']}"
         )
-    saved = last["config"]["scheduler"].get("_target_")
-    if "total_steps" not in last["scheduler"] or saved != cfg.scheduler._target_:
+    saved = str(last["config"]["scheduler"].get("_target_"))
+    # By the factory's name, not its module path: a checkpoint written under another layout still resumes.
+    if (
+        "total_steps" not in last["scheduler"]
+        or saved.rpartition(".")[2] != cfg.scheduler._target_.rpartition(".")[2]
+    ):
         raise UserError(
             f"trainer.resume: {path} holds a schedule this run cannot continue ({saved}, written by this or an "
             f"older cnn-train); resume with the same scheduler, or start anew with model.weights={path}"
