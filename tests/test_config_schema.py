@@ -113,7 +113,7 @@ def test_unknown_target_key_is_one_line_naming_it() -> None:
         check_target_keys(cfg.optimizer, "optimizer")
     cfg = make_config("+scheduler.warmup=2")
     with pytest.raises(
-        UserError, match=r"^scheduler\.warmup: not an argument of cnn_train\.schedules\.cosine"
+        UserError, match=r"^scheduler\.warmup: not an argument of cnn_train\.training\.schedules\.cosine"
     ):
         check_target_keys(cfg.scheduler, "scheduler")
     with pytest.raises(UserError, match=r"^optimizer\._target_: cannot import torch\.optim\.Adamm "):
