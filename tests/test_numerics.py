@@ -20,7 +20,7 @@ from cnn_train.inference import checkpoint
 from cnn_train.inference.export import export
 from cnn_train.inference.infer import infer
 from cnn_train.inference.predict import predict
-from cnn_train.runtime.interrupts import Interrupted
+from cnn_train.runtime.errors import Interrupted
 from cnn_train.training.fit import fit
 from tests.conftest import make_config, sigterm_after_first_save
 

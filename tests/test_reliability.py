@@ -15,8 +15,7 @@ import torch
 from PIL import Image
 
 from cnn_train.inference import checkpoint
-from cnn_train.runtime.errors import UserError
-from cnn_train.runtime.interrupts import Interrupted
+from cnn_train.runtime.errors import Interrupted, UserError
 from cnn_train.training.engine import NonFiniteLoss
 from cnn_train.training.fit import fit
 from tests.conftest import make_config, sigterm_after_first_save, write_folder

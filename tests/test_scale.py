@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from cnn_train.runtime.interrupts import Interrupted
+from cnn_train.runtime.errors import Interrupted
 from cnn_train.training.engine import NonFiniteLoss
 from cnn_train.training.fit import fit
 from tests.conftest import make_config, sigterm_after_first_save
@@ -63,8 +63,8 @@ def test_torchrun_two_gloo_processes_match_one(fashion_root: Path, tmp_path: Pat
 
 
 def test_batch_must_split_over_processes(fashion_root: Path, tmp_path: Path, monkeypatch) -> None:
-    from cnn_train.runtime.distributed import World
     from cnn_train.runtime.errors import UserError
+    from cnn_train.runtime.world import World
     from cnn_train.training.session import build
 
     with pytest.raises(UserError, match="data.batch_size: 65 .* must divide by the 2 processes"):

@@ -10,13 +10,14 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from cnn_train.reports.sweep import SUMMARY_FIELDS, after_sweep, write_summary
-
 
 class SweepSummary(Callback):
     """Writes <sweep dir>/summary.csv and report.html when the multirun ends, and prints the summary."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        # Imported here: Hydra builds its callbacks before every run, and a plain run need not pay for them.
+        from cnn_train.reports.sweep import SUMMARY_FIELDS, after_sweep, write_summary
+
         sweep_dir = Path(config.hydra.sweep.dir)
         metric = str(config.optimized_metric)
         rows = write_summary(sweep_dir, metric)

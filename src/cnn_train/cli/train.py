@@ -16,10 +16,8 @@ from rich.table import Table
 from cnn_train.cli.common import USER_ERRORS, config_dir, console, fail, run_app, user_error
 from cnn_train.config import check_declared_keys
 from cnn_train.runtime import files
-from cnn_train.runtime.distributed import world_from_env
-from cnn_train.runtime.interrupts import Interrupted
-from cnn_train.training import lrfind
-from cnn_train.training.fit import check_config, fit
+from cnn_train.runtime.errors import Interrupted
+from cnn_train.runtime.world import world_from_env
 
 log = logging.getLogger("cnn_train")
 
@@ -34,7 +32,11 @@ def _results_table(results: dict[str, Any], run_dir: Path) -> Table:
 
 
 def train_task(cfg: DictConfig) -> float | None:
-    """One training job: what Hydra's launchers run (and pickle by name, for submitit) for every job."""
+    """One training job: what Hydra's launchers run (and pickle by name, for submitit) for every job.
+
+    The training code (and torch) is imported only once the config is known to be whole: a mistyped key or
+    choice is reported before the seconds those imports take.
+    """
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     main = world_from_env().is_main
@@ -43,6 +45,8 @@ def train_task(cfg: DictConfig) -> float | None:
     try:
         check_declared_keys(cfg)
         log.debug("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+        from cnn_train.training.fit import fit
+
         results = fit(cfg, run_dir)
     except Interrupted as e:
         keep = [o for o in hc.overrides.task if not o.startswith(("trainer.resume=", "hydra.run.dir="))]
@@ -67,6 +71,9 @@ _train = hydra.main(version_base="1.3", config_path=config_dir(), config_name="t
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def _lrfind(cfg: DictConfig) -> None:
+    from cnn_train.training import lrfind
+    from cnn_train.training.fit import check_config
+
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         check_declared_keys(cfg)

@@ -4,22 +4,12 @@ from __future__ import annotations
 
 import signal
 import threading
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import torch
 
 from cnn_train.runtime import distributed
-
-
-class Interrupted(Exception):
-    """Training stopped on a signal after saving last.pt; the CLI turns this into a resume hint."""
-
-    def __init__(self, signum: int, epoch: int, step: int, last: Path) -> None:
-        self.signum, self.epoch, self.step, self.last = signum, epoch, step, last
-        name = signal.Signals(signum).name
-        super().__init__(f"{name} at epoch {epoch}, step {step}: saved {last}")
 
 
 class StopRequests:

@@ -22,11 +22,11 @@ from cnn_train.inference.infer import INFERENCE
 from cnn_train.models import min_image_size
 from cnn_train.reports.run import TestRecord, after_run
 from cnn_train.runtime import distributed
-from cnn_train.runtime.distributed import world_from_env
-from cnn_train.runtime.errors import UserError
+from cnn_train.runtime.errors import Interrupted, UserError
 from cnn_train.runtime.hardware import pick_device
-from cnn_train.runtime.interrupts import Interrupted, StopRequests
+from cnn_train.runtime.interrupts import StopRequests
 from cnn_train.runtime.loggers import CsvLogger
+from cnn_train.runtime.world import world_from_env
 from cnn_train.training import lrfind
 from cnn_train.training.engine import EpochProgress, evaluate, train_one_epoch
 from cnn_train.training.profiling import StepProfiler

@@ -30,8 +30,8 @@ from omegaconf import DictConfig
 
 from cnn_train.analysis import plots
 from cnn_train.runtime import distributed, files
-from cnn_train.runtime.distributed import World
 from cnn_train.runtime.errors import UserError
+from cnn_train.runtime.world import World
 from cnn_train.training.engine import TrainStep, keep_frozen_batchnorm_in_eval
 from cnn_train.training.session import build
 

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from cnn_train.analysis import plots
 from cnn_train.inference import checkpoint
 from cnn_train.runtime import files
-from cnn_train.runtime.interrupts import Interrupted
+from cnn_train.runtime.errors import Interrupted
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,6 @@ from cnn_train.data.datasets import Dataset, Split, TensorSplit, load_dataset
 from cnn_train.data.loaders import Batches, cache_split, should_cache
 from cnn_train.data.transforms import EvalTransform, Preprocess
 from cnn_train.models import build_model
-from cnn_train.runtime.distributed import World
 from cnn_train.runtime.errors import UserError
 from cnn_train.runtime.hardware import (
     Speed,
@@ -32,6 +31,7 @@ from cnn_train.runtime.hardware import (
     pick_device,
     resolve_speed,
 )
+from cnn_train.runtime.world import World
 from cnn_train.training import transfer
 from cnn_train.training.ema import EMA
 from cnn_train.training.engine import TrainStep, show_bars
