@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnn_train.analysis.plots import _pyplot, _save  # the project's Agg backend and atomic PNG write
+from cnn_train.analysis.plots import save_png, subplots
 from cnn_train.data.transforms import Preprocess, read_image_tensor
 from cnn_train.inference import checkpoint
 from cnn_train.inference.infer import infer
@@ -95,17 +95,16 @@ def save_cam_grid(
     columns: int = 8,
 ) -> Cams:
     """A grid of the images as the network sees them, each under its Grad-CAM, with its title."""
-    plt = _pyplot()
     cams = grad_cam(model, preprocess, images_uint8, targets)
     heat = cams.upsampled(preprocess.image_size)
     n = len(images_uint8)
     rows, cols = max(1, -(-n // columns)), min(columns, max(n, 1))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)
+    fig, axes = subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, h, title in zip(axes.flat, preprocess.unit(images_uint8), heat, titles, strict=False):
         _overlay(ax, image, h, title)
-    _save(fig, path)
+    save_png(fig, path)
     return cams
 
 
@@ -118,14 +117,13 @@ def save_cam_images(
     targets: torch.Tensor | None = None,
 ) -> Cams:
     """One PNG per image: the image as the network sees it under its Grad-CAM, titled."""
-    plt = _pyplot()
     cams = grad_cam(model, preprocess, images_uint8, targets)
     heat = cams.upsampled(preprocess.image_size)
     for image, h, title, path in zip(preprocess.unit(images_uint8), heat, titles, paths, strict=True):
-        fig, ax = plt.subplots(figsize=(4, 4))
+        fig, ax = subplots(figsize=(4, 4))
         _overlay(ax, image, h, title)
         ax.title.set_fontsize(11)
-        _save(fig, path)
+        save_png(fig, path)
     return cams
 
 

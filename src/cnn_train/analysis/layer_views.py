@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchvision.utils import make_grid
 
-from cnn_train.analysis.plots import _pyplot, _save  # the project's Agg backend and atomic PNG write
+from cnn_train.analysis.plots import save_png, subplots
 from cnn_train.data.datasets import describe
 from cnn_train.data.transforms import EvalTransform, Preprocess, read_image_tensor
 from cnn_train.inference import checkpoint
@@ -54,23 +54,21 @@ def first_conv(model: nn.Module) -> nn.Conv2d:
 
 def plot_filters(conv: nn.Conv2d, path: str | Path, columns: int = 8, most: int = 64) -> None:
     """Each kernel as a small image (RGB for colour input, grey otherwise), on one scale for all of them."""
-    plt = _pyplot()
     w = conv.weight.detach().float().cpu()[:most]
     w = w if w.shape[1] in (1, 3) else w.mean(1, keepdim=True)
     w = (w - w.min()) / (w.max() - w.min()).clamp(min=1e-12)  # one scale: kernel strengths stay comparable
     mosaic = make_grid(w, nrow=columns, padding=1, pad_value=1.0)  # one image: fast to draw
-    fig, ax = plt.subplots(figsize=(0.8 * min(columns, len(w)) + 1, 0.8 * -(-len(w) // columns) + 0.8))
+    fig, ax = subplots(figsize=(0.8 * min(columns, len(w)) + 1, 0.8 * -(-len(w) // columns) + 0.8))
     ax.imshow(mosaic.permute(1, 2, 0).numpy(), interpolation="nearest")
     ax.axis("off")
     shape = "×".join(map(str, conv.weight.shape[1:]))
     ax.set_title(f"first convolution: {conv.out_channels} kernels of {shape}", fontsize=8)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_feature_maps(image: torch.Tensor, stages: dict[str, torch.Tensor], path: str | Path) -> None:
     """The input, then one row per stage: its most active channels for this image, each on its own scale."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1 + len(stages), 1, figsize=(1.1 * CHANNELS_SHOWN, 1.4 * (1 + len(stages))))
+    fig, axes = subplots(1 + len(stages), 1, figsize=(1.1 * CHANNELS_SHOWN, 1.4 * (1 + len(stages))))
     axes = np.atleast_1d(axes)
     for ax in axes:
         ax.axis("off")
@@ -85,7 +83,7 @@ def plot_feature_maps(image: torch.Tensor, stages: dict[str, torch.Tensor], path
         ax.imshow(mosaic[0].numpy(), cmap="viridis", interpolation="nearest")
         channels = ", ".join(map(str, top.tolist()))
         ax.set_title(f"{name}: {'×'.join(map(str, maps.shape))}, channels {channels}", fontsize=7)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def save_layer_views(

@@ -1,6 +1,6 @@
 """The textbook's figures, written into run and eval dirs: curves, image grids, confusion matrix.
 
-matplotlib is imported inside each function (Agg backend) so that commands which draw nothing start fast.
+matplotlib is imported when a figure is made (`subplots`), so that commands which draw nothing start fast.
 """
 
 from __future__ import annotations
@@ -15,41 +15,38 @@ import torch
 from cnn_train.runtime.files import atomic_write
 
 
-def _pyplot() -> Any:
-    import matplotlib
+def subplots(rows: int = 1, cols: int = 1, figsize: tuple[float, float] | None = None, **kwargs: Any) -> Any:
+    """A figure and its axes, drawn with the Agg renderer and without pyplot: nothing global to import,
+    register or close (`Figure.subplots` takes pyplot.subplots' arguments)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(rows, cols, **kwargs)
 
 
-def _save(fig: Any, path: str | Path) -> None:
+def save_png(fig: Any, path: str | Path) -> None:
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"))
-    _pyplot().close(fig)
 
 
 def plot_curves(history: Sequence[dict[str, Any]], path: str | Path) -> None:
     """Train loss, train accuracy and validation accuracy per epoch on one axis, as the textbook plots them."""
-    plt = _pyplot()
     epochs = [r["epoch"] for r in history]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = subplots(figsize=(5, 3.5))
     ax.plot(epochs, [r["train_loss"] for r in history], "-", label="train loss")
     ax.plot(epochs, [r["train_acc"] for r in history], "--", label="train acc")
     ax.plot(epochs, [r["val_acc"] for r in history], "-.", label="val acc")
     ax.set_xlabel("epoch")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_grid(images: torch.Tensor, titles: Sequence[str], path: str | Path, columns: int = 8) -> None:
     """Images in [0, 1] (N×C×H×W) in a grid, each with its title (class names, or true/predicted)."""
-    plt = _pyplot()
     n = len(images)
     rows = max(1, math.ceil(n / columns))
     cols = min(columns, max(n, 1))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)
+    fig, axes = subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, img, title in zip(axes.flat, images, titles, strict=False):
@@ -59,15 +56,14 @@ def plot_grid(images: torch.Tensor, titles: Sequence[str], path: str | Path, col
         else:
             ax.imshow(img.permute(1, 2, 0).numpy())
         ax.set_title(title, fontsize=7)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_confusion(matrix: torch.Tensor, classes: Sequence[str], path: str | Path) -> None:
     """Rows are true classes, columns predicted ones; counts written in the cells."""
-    plt = _pyplot()
     k = len(classes)
     size = max(4.0, 0.45 * k + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig, ax = subplots(figsize=(size, size))
     ax.imshow(matrix.numpy(), cmap="Blues")
     ax.set_xticks(range(k), classes, rotation=90, fontsize=7)
     ax.set_yticks(range(k), classes, fontsize=7)
@@ -87,21 +83,20 @@ def plot_confusion(matrix: torch.Tensor, classes: Sequence[str], path: str | Pat
                     fontsize=6,
                     color="white" if v > top / 2 else "black",
                 )
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_annotated(image_path: str | Path, title: str, path: str | Path) -> None:
     """The original image with the prediction as its title, the way the textbook shows a prediction."""
     from PIL import Image
 
-    plt = _pyplot()
     with Image.open(image_path) as im:
         img = im.convert("RGB")
-    fig, ax = plt.subplots(figsize=(4, 4))
+    fig, ax = subplots(figsize=(4, 4))
     ax.imshow(img)
     ax.set_title(title)
     ax.axis("off")
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_lines(
@@ -112,8 +107,7 @@ def plot_lines(
     marker: str = "o",
 ) -> None:
     """Several named (x, y) lines on one axis: every sweep job's validation curve, a search's history."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = subplots(figsize=(6.5, 4))
     for label, (xs, ys) in series.items():
         ax.plot(list(xs), list(ys), marker=marker, markersize=3, label=label)
     ax.set_xlabel(xlabel)
@@ -121,24 +115,22 @@ def plot_lines(
     ax.grid(True, alpha=0.3)
     if len(series) <= 12:  # beyond that a legend hides the plot; the leaderboard names the jobs
         ax.legend(fontsize=7)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_bars(values: dict[str, float], xlabel: str, path: str | Path) -> None:
     """Horizontal bars, largest on top (Optuna's parameter importances)."""
-    plt = _pyplot()
     names = list(values)[::-1]
-    fig, ax = plt.subplots(figsize=(6, 0.4 * len(names) + 1.2))
+    fig, ax = subplots(figsize=(6, 0.4 * len(names) + 1.2))
     ax.barh(names, [values[n] for n in names])
     ax.set_xlabel(xlabel)
     ax.grid(True, axis="x", alpha=0.3)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_lr_find(record: dict[str, Any], path: str | Path) -> None:
     """The range test's loss against the lr (log axis): raw, smoothed, and the suggested lr marked."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = subplots(figsize=(5, 3.5))
     ax.plot(record["lrs"], record["losses"], "-", alpha=0.3, label="loss")
     ax.plot(record["lrs"], record["smoothed"], "-", label="smoothed loss")
     best, suggested = record["min_loss_lr"], record["suggested_lr"]
@@ -151,4 +143,4 @@ def plot_lr_find(record: dict[str, Any], path: str | Path) -> None:
     ax.set_ylabel("training loss")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    _save(fig, path)
+    save_png(fig, path)
