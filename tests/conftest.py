@@ -6,6 +6,8 @@ import gzip
 import os
 import pickle
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -20,6 +22,7 @@ from cnn_train.config import register_schemas
 from cnn_train.data.datasets import DEBIAN_FASHION_MNIST
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+BIN = Path(sys.executable).parent  # the console scripts of the environment the tests run in
 # A tiny run: 2 training batches of 8, one validation and one test batch.
 TINY = [
     "trainer.max_epochs=1",
@@ -29,6 +32,20 @@ TINY = [
     "data.batch_size=8",
     "data.num_workers=0",
 ]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist each worker gets its own share of the CPUs.
+
+    `trainer.threads=auto` (and torch) then use that share: two workers on two cores run one thread each
+    instead of four threads fighting over two cores. Console scripts the tests start inherit the share.
+    """
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not worker or not count or not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) >= int(count):
+        os.sched_setaffinity(0, cpus[int(worker.removeprefix("gw")) :: int(count)])
 
 
 def make_config(*overrides: str, config_name: str = "train", return_hydra_config: bool = False) -> DictConfig:
@@ -143,3 +160,35 @@ def sigterm_after_first_save(run_dir: Path) -> threading.Thread:
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
     return thread
+
+
+def run(tool: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """A console script as a user runs it, in `cwd`; what it printed and its exit status."""
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run(
+        [str(BIN / tool), *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=600
+    )
+
+
+SLICE = [
+    "trainer.limit_train_batches=80",
+    "trainer.limit_val_batches=10",
+    "trainer.limit_test_batches=20",
+]
+
+
+@pytest.fixture(scope="session")
+def workdir(fashion_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A user's folder after `cnn-train model=lenet` on a slice of real Fashion-MNIST (trained once; tests add
+    files to it but no other finished run)."""
+    cwd = tmp_path_factory.mktemp("user")
+    proc = run("cnn-train", "model=lenet", "trainer.max_epochs=2", "optimizer.lr=0.003", *SLICE, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    return cwd
+
+
+def only_run(cwd: Path) -> Path:
+    """The one finished run dir under `cwd`'s outputs/ (sweeps aside)."""
+    runs = [p.parent for p in (cwd / "outputs").rglob("results.json") if "multirun" not in str(p)]
+    assert len(runs) == 1
+    return runs[0]

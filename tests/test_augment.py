@@ -74,6 +74,7 @@ def test_random_erasing_erases_with_its_probability() -> None:
             assert area.min() > 0.015 and area.max() < 0.4 and 0.1 < area.mean() < 0.25
 
 
+@pytest.mark.numerics
 def test_mixup_and_cutmix_targets_are_soft_and_match_the_images(
     fashion_test: tuple[torch.Tensor, torch.Tensor],
 ) -> None:
@@ -150,6 +151,7 @@ def test_trivialaugment_with_every_trick_trains_a_run(fashion_root: Path, tmp_pa
     assert len(rows) == 2  # one epoch of mixed-label training was recorded
 
 
+@pytest.mark.numerics
 def test_sample_grid_shows_the_mixed_images_and_their_label_shares(session: Session) -> None:
     """samples.png under mixup: the images the network is given, titled with the two classes' shares."""
     images, titles = training_samples(session, 16)

@@ -4,45 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from cnn_train.data.datasets import read_idx
-
-BIN = Path(sys.executable).parent
-SLICE = [
-    "trainer.limit_train_batches=80",
-    "trainer.limit_val_batches=10",
-    "trainer.limit_test_batches=20",
-]
-
-
-def run(tool: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run(
-        [str(BIN / tool), *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=600
-    )
-
-
-@pytest.fixture(scope="module")
-def workdir(fashion_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A user's folder after `cnn-train model=lenet` on a slice of real Fashion-MNIST."""
-    cwd = tmp_path_factory.mktemp("user")
-    proc = run("cnn-train", "model=lenet", "trainer.max_epochs=2", "optimizer.lr=0.003", *SLICE, cwd=cwd)
-    assert proc.returncode == 0, proc.stderr
-    return cwd
-
-
-def only_run(cwd: Path) -> Path:
-    runs = [p.parent for p in (cwd / "outputs").rglob("results.json") if "multirun" not in str(p)]
-    assert len(runs) == 1
-    return runs[0]
+from tests.conftest import only_run, run
 
 
 def test_cnn_train_writes_the_run_dir(workdir: Path) -> None:

@@ -13,7 +13,7 @@ from cnn_train.data.datasets import read_idx
 from cnn_train.inference.export import META_KEY, OnnxModel
 from cnn_train.inference.predict import predict
 from cnn_train.runtime.errors import UserError
-from tests.test_cli import only_run, run, workdir  # noqa: F401  (workdir is a fixture)
+from tests.conftest import only_run, run
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def images(fashion_root: Path, tmp_path_factory: pytest.TempPathFactory) -> list
     return paths
 
 
-def test_onnx_export_predicts_like_the_checkpoint(workdir: Path, images: list[Path]) -> None:  # noqa: F811
+def test_onnx_export_predicts_like_the_checkpoint(workdir: Path, images: list[Path]) -> None:
     ckpt = only_run(workdir) / "best.pt"
     proc = run("cnn-export", f"ckpt={ckpt}", "format=onnx", cwd=workdir)
     assert proc.returncode == 0, proc.stderr
@@ -41,7 +41,7 @@ def test_onnx_export_predicts_like_the_checkpoint(workdir: Path, images: list[Pa
     assert cli.returncode == 0 and torch_rows[0].topk[0][0] in cli.stdout
 
 
-def test_torchscript_export_carries_classes(workdir: Path) -> None:  # noqa: F811
+def test_torchscript_export_carries_classes(workdir: Path) -> None:
     ckpt = only_run(workdir) / "best.pt"
     proc = run("cnn-export", f"ckpt={ckpt}", "format=torchscript", f"output={workdir / 'm.ts'}", cwd=workdir)
     assert proc.returncode == 0, proc.stderr
@@ -51,7 +51,7 @@ def test_torchscript_export_carries_classes(workdir: Path) -> None:  # noqa: F81
     assert meta["classes"][0] == "T-shirt/top" and module(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
 
 
-def test_bad_export_inputs_are_one_line(workdir: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_bad_export_inputs_are_one_line(workdir: Path, tmp_path: Path) -> None:
     proc = run("cnn-export", f"ckpt={only_run(workdir) / 'best.pt'}", "format=tflite", cwd=workdir)
     assert proc.returncode == 2 and "format: 'tflite' is not onnx or torchscript" in proc.stderr
     (tmp_path / "fake.onnx").write_bytes(b"not a model")

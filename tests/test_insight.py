@@ -12,7 +12,7 @@ from PIL import Image
 from cnn_train.analysis.anatomy import summarize
 from cnn_train.analysis.evaluation import per_class
 from cnn_train.models import build_model, list_models, min_image_size
-from tests.test_cli import only_run, run, workdir  # noqa: F401  (workdir is a fixture)
+from tests.conftest import only_run, run
 
 
 def is_png(path: Path) -> bool:
@@ -20,7 +20,7 @@ def is_png(path: Path) -> bool:
         return im.format == "PNG" and im.width > 100 and im.height > 100
 
 
-def test_run_dir_holds_curves_and_samples(workdir: Path) -> None:  # noqa: F811
+def test_run_dir_holds_curves_and_samples(workdir: Path) -> None:
     run_dir = only_run(workdir)
     assert is_png(run_dir / "curves.png") and is_png(run_dir / "samples.png")
 
@@ -72,7 +72,8 @@ def test_per_class_metrics_by_hand() -> None:
     assert a["f1"] == pytest.approx(2 * 0.6 * 0.75 / 1.35) and b["support"] == 6
 
 
-def test_cnn_eval_matches_the_run_and_writes_figures(workdir: Path) -> None:  # noqa: F811
+@pytest.mark.numerics
+def test_cnn_eval_matches_the_run_and_writes_figures(workdir: Path) -> None:
     run_dir = only_run(workdir)
     # the run tested best.pt on 20 batches of 128 (its batch size, cnn-eval's default): the same accuracy
     proc = run("cnn-eval", f"ckpt={run_dir / 'best.pt'}", "limit_batches=20", cwd=workdir)
@@ -89,14 +90,14 @@ def test_cnn_eval_matches_the_run_and_writes_figures(workdir: Path) -> None:  # 
     assert "Ankle boot" in proc.stdout
 
 
-def test_predict_save_annotated(workdir: Path) -> None:  # noqa: F811
+def test_predict_save_annotated(workdir: Path) -> None:
     Image.new("L", (28, 28), 90).save(workdir / "grey.png")
     proc = run("cnn-predict", "img=grey.png", "output=out/p.csv", "save_annotated=true", cwd=workdir)
     assert proc.returncode == 0, proc.stderr
     assert is_png(workdir / "out" / "p_annotated" / "0000_grey.png")
 
 
-def test_cnn_eval_refuses_data_with_another_class_count(workdir: Path, folder_root: Path) -> None:  # noqa: F811
+def test_cnn_eval_refuses_data_with_another_class_count(workdir: Path, folder_root: Path) -> None:
     ckpt = only_run(workdir) / "best.pt"
     proc = run("cnn-eval", f"ckpt={ckpt}", "data=image_folder", f"data.root={folder_root}", cwd=workdir)
     assert proc.returncode == 2

@@ -32,6 +32,8 @@ RUN = [
 ]  # fmt: skip
 TIMING = {"seconds", "images_per_s"}
 
+pytestmark = pytest.mark.numerics  # every test here compares float computations
+
 
 def metrics(run_dir: Path) -> list[dict[str, str]]:
     with (run_dir / "metrics.csv").open() as f:

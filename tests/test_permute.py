@@ -65,6 +65,7 @@ def predicted(ckpt: Path, paths: list[Path], classes: list[str]) -> torch.Tensor
     return out
 
 
+@pytest.mark.numerics
 def test_predict_applies_the_training_permutation(
     trained: Path, images: tuple[list[Path], np.ndarray]
 ) -> None:
@@ -102,6 +103,7 @@ def test_checkpoint_without_the_field_loads_unpermuted(trained: Path, images: tu
     torch.testing.assert_close(predicted(old, paths, payload["classes"]), expected, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.numerics
 def test_flip_tta_mirrors_the_real_image(trained: Path, images: tuple[list[Path], np.ndarray]) -> None:
     _, pixels = images
     payload = checkpoint.load(trained)
@@ -114,6 +116,7 @@ def test_flip_tta_mirrors_the_real_image(trained: Path, images: tuple[list[Path]
     torch.testing.assert_close(got, (plain + mirror) / 2, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.numerics
 def test_cutmix_boxes_are_cut_from_the_real_image(
     images: tuple[list[Path], np.ndarray], trained: Path
 ) -> None:

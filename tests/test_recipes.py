@@ -31,6 +31,7 @@ def rows(run_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.numerics
 def test_ema_weights_are_validated_saved_as_best_and_kept_for_resume(
     fashion_root: Path, tmp_path: Path
 ) -> None:
@@ -48,6 +49,7 @@ def test_ema_weights_are_validated_saved_as_best_and_kept_for_resume(
     assert validate(val)["acc"] == ran["best_val_acc"]
 
 
+@pytest.mark.numerics
 def test_accumulating_two_batches_steps_like_one_batch_twice_the_size(fashion_root: Path) -> None:
     """LeNet has no BatchNorm and no dropout: 2 × 32 accumulated is the 64-image step, batch for batch."""
 
@@ -67,6 +69,7 @@ def test_accumulating_two_batches_steps_like_one_batch_twice_the_size(fashion_ro
     assert not torch.allclose(single[first], large[first], rtol=1e-3)
 
 
+@pytest.mark.numerics
 def test_clipping_bounds_the_step_and_norms_and_biases_get_no_weight_decay(fashion_root: Path) -> None:
     def one_step(*over: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], object]:
         torch.manual_seed(0)

@@ -18,8 +18,7 @@ from cnn_train.inference import checkpoint
 from cnn_train.runtime.errors import Interrupted, UserError
 from cnn_train.training.engine import NonFiniteLoss
 from cnn_train.training.fit import fit
-from tests.conftest import make_config, sigterm_after_first_save, write_folder
-from tests.test_cli import BIN, run
+from tests.conftest import BIN, make_config, run, sigterm_after_first_save, write_folder
 
 # Deterministic LeNet, 3 epochs of 60 batches, a mid-epoch checkpoint every 10 steps.
 RUN = [

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests.browser import open_page
-from tests.test_cli import run
+from tests.conftest import run
 
 TINY_SWEEP = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
               "trainer.limit_test_batches=2", "data.batch_size=8", "data.num_workers=0"]  # fmt: skip

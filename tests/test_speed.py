@@ -107,6 +107,7 @@ def test_optimizer_is_fused_and_model_is_channels_last(fashion_root: Path) -> No
     assert s.step.preprocess(x).is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.numerics
 def test_flip_tta_is_mirror_invariant_and_a_distribution(fashion_root: Path) -> None:
     torch.manual_seed(0)
     spec = EvalTransform(28, 1, (0.286,), (0.353,))
@@ -121,6 +122,7 @@ def test_flip_tta_is_mirror_invariant_and_a_distribution(fashion_root: Path) -> 
     assert not torch.allclose(plain.log_softmax(1), tta, atol=1e-3)
 
 
+@pytest.mark.numerics
 def test_image_folder_cache_trains_exactly_like_the_files(folder_root: Path, tmp_path: Path) -> None:
     common = [
         "model=lenet", "data=image_folder", f"data.root={folder_root}", "data.image_size=32",

@@ -63,6 +63,7 @@ def test_last_n_trains_the_last_layers(fashion_resnet: Path, folder_root: Path, 
     assert results["trainable_parameters"] == 2 * 512 + 512 * 3 + 3
 
 
+@pytest.mark.numerics
 def test_grey_into_rgb_weights_equals_tripling_the_input(tmp_path: Path) -> None:
     torch.manual_seed(0)
     rgb = build_model("resnet18", num_classes=5, in_channels=3, image_size=32).eval()
