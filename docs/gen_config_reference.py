@@ -86,7 +86,12 @@ def default_of(f: dataclasses.Field) -> Any:
 
 def yaml_value(value: Any) -> str:
     """A value as you would type it in an override: null, true, 1.0e-07, [0.1, 0.2], auto."""
-    text = yaml.safe_dump(value, default_flow_style=True, allow_unicode=True, width=1000).strip()
+    if isinstance(value, tuple):
+        value = list(value)
+    try:
+        text = yaml.safe_dump(value, default_flow_style=True, allow_unicode=True, width=1000).strip()
+    except yaml.YAMLError:  # an enum or another object YAML has no plain form for
+        return str(value)
     return text.removesuffix("...").strip()
 
 
