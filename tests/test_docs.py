@@ -88,14 +88,14 @@ class Example:
 def test_group_files_become_rows_with_their_comments() -> None:
     header, rows = gen.yaml_rows(
         "# @package _global_\n# A recipe.\ndefaults:\n  - override /model: resnet9  # the net\n"
-        "model:\n  args:  # options\n    width: 8   # channels\nurl: 'a#b'  # kept\n"
+        "model:\n  args:  # options\n    width: 8   # channels\nurl: 'a #b'  # kept\n"
     )
     assert header == ["A recipe."]
     assert rows == [
         ("defaults", "override /model: resnet9", "the net"),
         ("model.args", "", "options"),
         ("model.args.width", "8", "channels"),
-        ("url", "'a#b'", "kept"),
+        ("url", "'a #b'", "kept"),  # a # inside quotes is part of the value
     ]
 
 
@@ -128,7 +128,7 @@ def test_experiments_say_how_many_epochs_they_run() -> None:
 def test_site_builds_strict(tmp_path: Path) -> None:
     """A broken link, a missing page or a page left out of the nav fails `mkdocs build --strict`."""
     done = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path)],
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
