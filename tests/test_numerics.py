@@ -110,8 +110,14 @@ def test_flip_tta_averages_the_image_and_its_mirror(fashion_root: Path, tmp_path
         assert ran["tta"] is True
         assert ran["test_acc"] == hits / 256
         assert ran["test_loss"] == pytest.approx(float(torch.cat(losses).mean()), rel=1e-5)
-        plain = evaluate_checkpoint(run_dir / "best.pt", tmp_path / "plain", limit_batches=4)
+        plain = evaluate_checkpoint(run_dir / "best.pt", tmp_path / "plain", limit_batches=4, tta=False)
         assert plain["loss"] != pytest.approx(ran["test_loss"], rel=1e-3)  # TTA changed the logits
+        as_run = evaluate_checkpoint(run_dir / "best.pt", tmp_path / "as_run", limit_batches=4)  # tta unset
+        assert (as_run["accuracy"], as_run["loss"], as_run["tta"]) == (
+            ran["test_acc"],
+            ran["test_loss"],
+            True,
+        )
 
 
 @PRECISIONS

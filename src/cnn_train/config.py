@@ -133,7 +133,7 @@ class EvalConfig:
     device: str = "auto"  # auto | cpu | cuda | mps
     batch_size: int | None = None  # images per forward pass; null = the batch size it was trained with
     limit_batches: int | None = None  # evaluate at most this many batches
-    tta: bool = False  # flip test-time augmentation: average the image's and its mirror's probabilities
+    tta: bool | None = None  # flip TTA (image and mirror, probabilities averaged); null = as the run tested
     output_root: str = "outputs"  # where to look for the newest best.pt
     cam: bool = False  # also draw misclassified_cam.png: the misclassified images under their Grad-CAM
 

@@ -9,6 +9,7 @@ import torch
 
 from cnn_train.analysis import plots
 from cnn_train.analysis.cam import save_cam_grid
+from cnn_train.config import TrainerConfig, with_defaults
 from cnn_train.data.loaders import Batches
 from cnn_train.data.transforms import Preprocess
 from cnn_train.inference import checkpoint
@@ -41,19 +42,22 @@ def evaluate_checkpoint(
     batch_size: int | None = None,
     limit_batches: int | None = None,
     max_shown: int = 32,
-    tta: bool = False,
+    tta: bool | None = None,
     cam: bool = False,
 ) -> dict[str, Any]:
     """Accuracy, top-5, per-class metrics and the confusion matrix; writes eval.json and two figures.
 
-    `batch_size` None: the batch size the checkpoint was trained (and tested) with, so that the test accuracy
-    in its results.json is reproduced to the last digit. `cam` also draws misclassified_cam.png: the
-    misclassified images under the Grad-CAM of the class they were mistaken for.
+    `batch_size` None: the batch size the checkpoint was trained (and tested) with, and `tta` None: the run's
+    own `trainer.tta`, so that the test accuracy in its results.json is reproduced to the last digit. `cam`
+    also draws misclassified_cam.png: the misclassified images under the Grad-CAM of the class they were
+    mistaken for.
     """
     device = device or torch.device("cpu")
     payload = checkpoint.load(ckpt)
     model = checkpoint.inference_model(payload, device, ckpt)
     batch_size = batch_size or int(payload["config"]["data"]["batch_size"])
+    if tta is None:
+        tta = bool(with_defaults(TrainerConfig, payload["config"]["trainer"]).tta)
     spec = checkpoint.eval_transform(payload)
     classes: list[str] = payload["classes"]
     cfg = data or payload["config"]["data"]

@@ -57,7 +57,7 @@ def _eval(cfg: DictConfig) -> None:
             data = OmegaConf.to_container(cfg.data, resolve=True, throw_on_missing=True)
         device = pick_device(cfg.device)
         report = evaluate_checkpoint(
-            ckpt, out_dir, data, cfg.split, device, cfg.batch_size, cfg.limit_batches, tta=bool(cfg.tta),
+            ckpt, out_dir, data, cfg.split, device, cfg.batch_size, cfg.limit_batches, tta=cfg.tta,
             cam=bool(cfg.cam),
         )  # fmt: skip
     except USER_ERRORS as e:
