@@ -160,6 +160,13 @@ def test_mlflow_logger_is_read_back(fashion_root: Path, tmp_path: Path) -> None:
     ]
     assert [a.path for a in client.list_artifacts(run_id)] == ["best.pt"]
     assert list((tmp_path / "store" / "mlartifacts").rglob("best.pt"))  # beside the database, not in the cwd
+    # Resumed into another run dir for a third epoch: the same MLflow run goes on, with one more val_acc.
+    fit(make_config("model=lenet", "logger=mlflow", f"logger.tracking_uri={uri}", "trainer.max_epochs=3",
+                    "trainer.limit_train_batches=5", "trainer.limit_val_batches=2", "trainer.limit_test_batches=1",
+                    "optimizer.lr=0.002", f"trainer.resume={run_dir / 'last.pt'}"), tmp_path / "more")  # fmt: skip
+    assert (tmp_path / "more" / "mlflow_run_id").read_text().strip() == run_id
+    assert [m.step for m in client.get_metric_history(run_id, "val_acc")] == [1, 2, 3]
+    assert len(client.search_runs([run.info.experiment_id])) == 1
 
 
 def test_trackers_are_closed_as_the_run_ended(fashion_root: Path, tmp_path: Path) -> None:

@@ -203,9 +203,7 @@ class MidEpoch:
         return self.timed_out
 
 
-def resume(
-    cfg: DictConfig, s: Session, run: RunDir, path: Path | None, last: dict[str, Any] | None
-) -> TrainState:
+def resume(cfg: DictConfig, s: Session, path: Path | None, last: dict[str, Any] | None) -> TrainState:
     """Continue from last.pt (`path`, read as `last`) where there is one to continue (`checkpoint.find_resume`)."""
     if path is None or last is None:
         return TrainState()
@@ -243,7 +241,6 @@ def resume(
     )
     if state.partial is not None and not s.world.is_main:  # the saved sums are global: rank 0 carries them on
         state.partial = {**state.partial, "loss_sum": 0.0, "correct": 0, "seen": 0}
-    run.adopt(path.parent)
     where = f"epoch {state.epoch + 1}" + (f", step {state.partial['step'] + 1}" if state.partial else "")
     log.info("resumed from %s at %s", path, where)
     return state
@@ -276,8 +273,12 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     s = build(cfg, world, device)
     common = describe(cfg, s)
     tracker = instantiate(cfg.logger) if "logger" in cfg else CsvLogger
-    with RunDir(path, world.is_main, lambda p: tracker(run_dir=p)) as run, StopRequests() as stop:
-        state = resume(cfg, s, run, resumed, last)
+    resumed_dir = resumed.parent if resumed is not None else None
+    with (
+        RunDir(path, world.is_main, lambda p: tracker(run_dir=p), resumed_dir) as run,
+        StopRequests() as stop,
+    ):
+        state = resume(cfg, s, resumed, last)
         if not world.is_main:  # same weights (DDP copies rank 0's), different augmentation and dropout draws
             torch.manual_seed(tr.seed + 7919 * world.rank + state.epoch + 1)
         run.start(s.data.classes, common["config"], lambda p: plot_samples(s, p))

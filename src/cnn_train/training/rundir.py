@@ -39,13 +39,16 @@ def exit_status(exc: BaseException | None) -> str:
 class RunDir:
     """The run directory and its tracker; on any process but the main one every method does nothing."""
 
-    def __init__(self, path: Path, main: bool, tracker: Callable[[Path], Tracker]) -> None:
-        self.path, self.main, self._make_tracker = path, main, tracker
+    def __init__(
+        self, path: Path, main: bool, tracker: Callable[[Path], Tracker], resumed_dir: Path | None = None
+    ) -> None:
+        self.path, self.main, self._make_tracker, self.resumed_dir = path, main, tracker, resumed_dir
         self.tracker: Tracker | None = None
 
     def __enter__(self) -> RunDir:
         if self.main:
             self.path.mkdir(parents=True, exist_ok=True)
+            self._adopt()  # before the tracker: it finds the run it continues (mlflow_run_id)
             self.tracker = self._make_tracker(self.path)
         return self
 
@@ -69,13 +72,15 @@ class RunDir:
         if self.main:
             checkpoint.save(self.path / name, payload)
 
-    def adopt(self, resumed_dir: Path) -> None:
-        """A run resumed from another dir takes its best.pt (and lr range test) along: this dir is complete."""
-        if not self.main or resumed_dir.resolve() == self.path.resolve():
+    def _adopt(self) -> None:
+        """A run resumed from another dir takes its best.pt, lr range test and tracker run id along: this dir
+        is complete, and MLflow continues the same run."""
+        old = self.resumed_dir
+        if old is None or old.resolve() == self.path.resolve():
             return
-        for name in ("best.pt", "lr_find.json", "lr_find.png"):
-            if (resumed_dir / name).is_file():
-                shutil.copy2(resumed_dir / name, self.path / name)
+        for name in ("best.pt", "lr_find.json", "lr_find.png", "mlflow_run_id"):
+            if (old / name).is_file():
+                shutil.copy2(old / name, self.path / name)
 
     def epoch_done(self, history: list[dict[str, Any]]) -> None:
         """metrics.csv (and the tracker) and curves.png, after every epoch."""
