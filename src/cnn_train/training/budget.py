@@ -110,11 +110,6 @@ class Plan:
         return plan
 
     @property
-    def steers(self) -> bool:
-        """Whether the length may differ from max_epochs (a resumed run then keeps its saved schedule's)."""
-        return self.budget is not None or self.changes != [[0, self.bound]]
-
-    @property
     def epochs(self) -> int:
         """The length the plan ends at (so far, under a budget)."""
         return self.changes[-1][1]

@@ -207,13 +207,9 @@ class MidEpoch:
 
 
 def resume(
-    cfg: DictConfig, s: Session, run: RunDir, path: Path | None, last: dict[str, Any] | None, plan: Plan
+    cfg: DictConfig, s: Session, run: RunDir, path: Path | None, last: dict[str, Any] | None
 ) -> TrainState:
-    """Continue from last.pt (`path`, read as `last`) where there is one to continue (`checkpoint.find_resume`).
-
-    A run whose length a budget or `trainer.plan` steers continues its saved schedule's length exactly; the
-    plan changes it, if at all, before the next epoch.
-    """
+    """Continue from last.pt (`path`, read as `last`) where there is one to continue (`checkpoint.find_resume`)."""
     if path is None or last is None:
         return TrainState()
     if last["model"] != s.model_spec:
@@ -232,8 +228,6 @@ def resume(
             f"older cnn-train); resume with the same scheduler, or start anew with model.weights={path}"
         )
     s.model.load_state_dict(last["state_dict"])
-    if plan.steers:  # before the optimizer's state: rebuilding resets the lr it restores
-        s.schedule.relength(int(last["scheduler"]["total_steps"]))
     try:
         s.optimizer.load_state_dict(last["optimizer"])
     except ValueError as e:  # other param groups: written before norms and biases got their own, or toggled
@@ -287,7 +281,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     plan = plan_of(cfg, s, started, last)
     tracker = instantiate(cfg.logger) if "logger" in cfg else CsvLogger
     with RunDir(path, world.is_main, lambda p: tracker(run_dir=p)) as run, StopRequests() as stop:
-        state = resume(cfg, s, run, resumed, last, plan)
+        state = resume(cfg, s, run, resumed, last)
         if not world.is_main:  # same weights (DDP copies rank 0's), different augmentation and dropout draws
             torch.manual_seed(tr.seed + 7919 * world.rank + state.epoch + 1)
         run.start(s.data.classes, common["config"], lambda p: plot_samples(s, p))
