@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import html
 import json
 import os
 import shlex
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from cnn_train.inference import checkpoint
+from cnn_train.reports.run import write_run_report
 from cnn_train.runtime.errors import UserError
 from cnn_train.runtime.interrupts import Interrupted
 from cnn_train.training.fit import fit
@@ -60,6 +62,9 @@ def test_budget_ends_within_an_epoch_on_the_schedules_last_lr(
     # Against the run's own whole-epoch time (training, validation, checkpoints), measured inside the run.
     assert abs(ran["wall_seconds"] - BUDGET) <= b["seconds_per_epoch"], b
     assert json.loads((run_dir / "results.json").read_text())["replay"] == ran["replay"]
+    overview = html.unescape(write_run_report(run_dir).read_text())
+    assert f"{b['planned_epochs']} planned epochs at {b['seconds_per_epoch']} s each" in overview
+    assert ran["replay"] in overview
 
 
 @pytest.mark.slow
