@@ -107,6 +107,17 @@ class Plan:
         if budget is not None and saved and saved.get("budget") is not None:
             plan.changes, plan.durations = saved["changes"], list(saved["durations"])
             plan.spent, plan.startup = saved["spent"], saved["startup"]
+            log.info(
+                "budget %s: %.0f s spent, continuing the plan of %d epochs",
+                tr.budget,
+                plan.spent,
+                plan.epochs,
+            )
+        elif budget is not None:
+            log.info(
+                "budget %s: the first epoch runs the schedule laid over max_epochs=%d; then the measured epochs "
+                "decide how many fit, and the schedule is laid over those", tr.budget, plan.bound,
+            )  # fmt: skip
         return plan
 
     @property
