@@ -42,10 +42,8 @@ from cnn_train.training.schedules import Schedule
 from cnn_train.training.stopping import parse_duration
 
 log = logging.getLogger(__name__)
-EARLY, LATE = (
-    1.0,
-    0.5,
-)  # the band, in epochs: re-plan when the projected finish leaves [budget − 1, budget + ½]
+# The band, in epochs: the plan changes only when the projected finish leaves [budget − EARLY, budget + LATE].
+EARLY, LATE = 1.0, 0.5
 
 
 def check_plan(tr: DictConfig) -> None:
@@ -108,7 +106,7 @@ class Plan:
             plan.changes, plan.durations = saved["changes"], list(saved["durations"])
             plan.spent, plan.startup = saved["spent"], saved["startup"]
             log.info(
-                "budget %s: %.0f s spent, continuing the plan of %d epochs",
+                "budget %s: %.0f s spent, continuing its plan of %d epochs",
                 tr.budget,
                 plan.spent,
                 plan.epochs,
