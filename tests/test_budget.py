@@ -59,12 +59,16 @@ def test_budget_ends_within_an_epoch_on_the_schedules_last_lr(
     assert 2 <= b["planned_epochs"] < 40 and ran["epochs_run"] == ran["epochs"] == b["planned_epochs"]
     assert ran["stop_reason"] == "finished" and b["plan"][0] == [0, 40]
     assert b["last_lr"] == pytest.approx(END_LR, rel=1e-9)  # annealed at the plan's end, not at max_epochs'
-    # Against the run's own whole-epoch time (training, validation, checkpoints), measured inside the run.
-    assert abs(ran["wall_seconds"] - BUDGET) <= b["seconds_per_epoch"], b
     assert json.loads((run_dir / "results.json").read_text())["replay"] == ran["replay"]
     overview = html.unescape(write_run_report(run_dir).read_text())
     assert f"{b['planned_epochs']} planned epochs at {b['seconds_per_epoch']} s each" in overview
     assert ran["replay"] in overview
+    # Against the run's own whole-epoch time (training, validation, checkpoints), measured inside the run.
+    per = b["seconds_per_epoch"]
+    least = b["startup_seconds"] + 2 * per + b["test_seconds_estimate"]  # a plan runs two epochs at least
+    if least > BUDGET:
+        pytest.skip(f"two epochs of this tiny run took longer than its {BUDGET} s budget here: {b}")
+    assert abs(ran["wall_seconds"] - BUDGET) <= per, b
 
 
 @pytest.mark.slow
