@@ -44,7 +44,10 @@ def replayed(ran: dict[str, Any], precision: str, run_dir: Path) -> dict[str, An
 
 
 @pytest.fixture(scope="module", params=["32", "bf16"])
-def budgeted(request: pytest.FixtureRequest, fashion_root: Path, tmp_path_factory: pytest.TempPathFactory):
+def budgeted(
+    request: pytest.FixtureRequest, fashion_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, Path, dict[str, Any]]:
+    """One budgeted run per precision, read by the tests below: (precision, run dir, results)."""
     run_dir = tmp_path_factory.mktemp(f"budget{request.param}")
     ran = fit(make_config(*RUN, f"trainer.precision={request.param}", f"trainer.budget={BUDGET}s"), run_dir)
     return request.param, run_dir, ran
