@@ -83,7 +83,9 @@ class TrainerConfig:
     decay_norm_and_bias: bool = False  # also weight-decay normalisation weights and biases (off: timm's rule)
     class_weights: str | None = None  # null | balanced: inverse-frequency class weights in the training loss
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
-    max_time: str | None = None  # time budget from the start: 600, 90s, 10m, 1h30m; then best.pt is tested
+    max_time: str | None = None  # hard stop from the start: 600, 90s, 10m, 1h30m; then best.pt is tested
+    budget: str | None = None  # train about this long (90s, 10m): epochs fitted, the schedule ends on time
+    plan: list[list[int]] | None = None  # [[after_epoch, epochs], ...]: a budgeted run's lengths, replayed
     report: bool = True  # write report.html (curves, confusion matrix, CAMs of mistakes) when the run ends
     lr_find: bool = False  # run the lr range test (cnn-lrfind) first and train at its suggested optimizer.lr
     lr_find_range: list[float] = field(default_factory=lambda: [1.0e-7, 10.0])  # range test: first, last lr

@@ -45,9 +45,25 @@ def overview(results: dict[str, Any], extra: dict[str, Any]) -> str:
         ),
     ]
     training = [(k.replace("_", " "), results[k]) for k in TRAINING if results.get(k) is not None]
+    if (budget := budget_spent(results)) is not None:
+        training.append(("time budget", budget))
     speed = [(f"speed: {k}", results[k]) for k in SPEED if k in results]
     numerics = ", ".join(f"{k} {v}" for k, v in results.get("inference", {}).items())
     return h.section("Summary", h.facts([*items, *training, *speed, ("inference numerics", numerics)]))
+
+
+def budget_spent(results: dict[str, Any]) -> str | None:
+    """How a budgeted run spent its time, and the overrides that replay it (results.json's budget, replay)."""
+    if not (b := results.get("budget")):
+        return None
+    replans = len(b["plan"]) - 1
+    last_lr = f"{b['last_lr']:.3g}" if b["last_lr"] is not None else "—"
+    return (
+        f"{b['seconds']:.0f} s, {b['used_seconds']:.0f} s used: {b['startup_seconds']} s start-up, "
+        f"{results['epochs_run']} of {b['planned_epochs']} planned epochs at {b['seconds_per_epoch']} s each "
+        f"({replans} re-plan{'s' if replans != 1 else ''}), the test pass ~{b['test_seconds_estimate']} s; "
+        f"lr at the last step {last_lr}. Replay without a budget: cnn-train … {results['replay']}"
+    )
 
 
 def curves(run_dir: Path) -> str:

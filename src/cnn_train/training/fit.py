@@ -28,6 +28,7 @@ from cnn_train.runtime.interrupts import StopRequests
 from cnn_train.runtime.loggers import CsvLogger
 from cnn_train.runtime.world import world_from_env
 from cnn_train.training import lrfind
+from cnn_train.training.budget import Plan, check_plan, relative_test_size
 from cnn_train.training.engine import EpochProgress, evaluate, train_one_epoch
 from cnn_train.training.profiling import StepProfiler
 from cnn_train.training.rundir import RunDir
@@ -84,6 +85,7 @@ def check_config(cfg: DictConfig) -> None:
     if (monitor := cfg.trainer.early_stopping.monitor) not in STOP_MODES:
         raise UserError(f"trainer.early_stopping.monitor: {monitor!r} is not one of {', '.join(STOP_MODES)}")
     parse_duration(cfg.trainer.max_time)
+    check_plan(cfg.trainer)
     metric = cfg.optimized_metric
     if metric not in OPTIMIZABLE:
         raise UserError(f"optimized_metric: {metric!r} is not one of {', '.join(OPTIMIZABLE)}")
@@ -161,6 +163,7 @@ class Checkpoints:
     run: RunDir
     s: Session
     state: TrainState
+    plan: Plan
     common: dict[str, Any]
 
     def best(self, epoch: int, metrics: dict[str, float]) -> None:
@@ -174,7 +177,7 @@ class Checkpoints:
             "optimizer": s.optimizer.state_dict(), "scheduler": s.schedule.state_dict(),
             "rng": checkpoint.rng_state(s.shuffle), "history": st.history, "best_val_acc": st.best_val_acc,
             "best_epoch": st.best_epoch, "scaler": s.scaler.state_dict() if s.scaler else None,
-            "ema": s.ema.state_dict() if s.ema else None, **extra,
+            "ema": s.ema.state_dict() if s.ema else None, "plan": self.plan.state_dict(), **extra,
         })  # fmt: skip
 
 
@@ -272,6 +275,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     seed_everything(tr.seed, tr.deterministic)
     s = build(cfg, world, device)
     common = describe(cfg, s)
+    plan = plan_of(cfg, s, started, last)
     tracker = instantiate(cfg.logger) if "logger" in cfg else CsvLogger
     resumed_dir = resumed.parent if resumed is not None else None
     with (
@@ -282,17 +286,21 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         if not world.is_main:  # same weights (DDP copies rank 0's), different augmentation and dropout draws
             torch.manual_seed(tr.seed + 7919 * world.rank + state.epoch + 1)
         run.start(s.data.classes, common["config"], lambda p: plot_samples(s, p))
-        saves, deadline = Checkpoints(run, s, state, common), Deadline(parse_duration(tr.max_time), started)
+        saves = Checkpoints(run, s, state, plan, common)
+        deadline = Deadline(parse_duration(tr.max_time), started)  # the hard stop, budget or not
         ended = "finished"
         profiler = StepProfiler.from_config(tr, path, world.is_main, s.device)
-        for epoch in range(state.epoch + 1, tr.max_epochs + 1):
+        epoch = state.epoch
+        while plan.another(epoch, s.schedule, midway=state.partial is not None):
+            epoch += 1
             progress = state.begin(epoch, s)
             hook = MidEpoch(saves, epoch, tr.checkpoint_every_n_steps or 0, stop, deadline)
             batches = s.train_batches.epoch(skip=progress.step)
             with profiler.around(hook, len(s.train_batches) - progress.step, progress.step) as watched:
                 done = train_one_epoch(s.step, batches, progress, watched, len(s.train_batches), s.bars)
             done = _global(done, s.device)
-            val = validate(s)
+            with plan.validating():
+                val = validate(s)
             row, improved = state.record(done, val)
             metrics = {"val_acc": val["acc"], "val_loss": val["loss"], "train_acc": row["train_acc"]}
             if improved:
@@ -301,7 +309,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                 s.schedule.after_epoch({"val_loss": val["loss"], "val_acc": val["acc"]})
                 saves.last(epoch, metrics=metrics)
             run.epoch_done(state.history)
-            log_epoch(row, tr.max_epochs)
+            log_epoch(row, plan.epochs)
             if (signum := stop.agreed(s.device)) is not None:
                 raise Interrupted(signum, epoch, done.step, path / "last.pt")
             if hook.timed_out or should_stop_early(state.history, tr.early_stopping):
@@ -311,13 +319,23 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         distributed.barrier()  # best.pt is on disk before any rank reads it
         record = TestRecord(s.data.classes) if tr.report else None
         test = test_best(cfg, s, path, record)
-        results = summarize(cfg, s, state, test, time.perf_counter() - started, ended)
+        results = summarize(cfg, s, state, plan, test, time.perf_counter() - started, ended)
         run.finish(results)
+        log_budget(results)
         if tr.report:
             after_run(
                 path, world.is_main, s.data, s.spec, s.eval_model, record
             )  # report.html; only warns if it cannot be written
     return results
+
+
+def plan_of(cfg: DictConfig, s: Session, started: float, last: dict[str, Any] | None) -> Plan:
+    """The run's epochs: max_epochs, `trainer.plan`, or fitted to `trainer.budget` (continued from last.pt)."""
+    test_images = len(s.data.test) if s.data.test is not None else None
+    bs, limit = int(cfg.data.batch_size), cfg.trainer.limit_test_batches
+    return Plan.start(
+        cfg.trainer, started, last, relative_test_size(len(s.val_batches), test_images, bs, limit)
+    )
 
 
 def describe(cfg: DictConfig, s: Session) -> dict[str, Any]:
@@ -343,15 +361,33 @@ def log_epoch(row: dict[str, Any], epochs: int) -> None:
     )  # fmt: skip
 
 
+def log_budget(results: dict[str, Any]) -> None:
+    """How a budgeted run spent its time, and the overrides that replay it without one."""
+    if (b := results["budget"]) is None:
+        return
+    log.info(
+        "budget %.0f s: %.0f s used (%s s start-up, %d of %d planned epochs at %s s each, the test pass), "
+        "the last step's lr %.3g; replay without a budget: %s",
+        b["seconds"], b["used_seconds"], b["startup_seconds"], results["epochs_run"], b["planned_epochs"],
+        b["seconds_per_epoch"], b["last_lr"] if b["last_lr"] is not None else float("nan"), results["replay"],
+    )  # fmt: skip
+
+
 def summarize(
-    cfg: DictConfig, s: Session, state: TrainState, test: dict[str, float] | None, seconds: float, ended: str
+    cfg: DictConfig,
+    s: Session,
+    state: TrainState,
+    plan: Plan,
+    test: dict[str, float] | None,
+    seconds: float,
+    ended: str,
 ) -> dict[str, Any]:
     """results.json: the accuracies, why and when the run ended, and the settings behind the number."""
     (n_params, n_train), tr = s.parameter_counts, cfg.trainer
     return {
         "model": cfg.model.name, "data": s.data.name,
         "test_acc": test["acc"] if test else None, "test_loss": test["loss"] if test else None,
-        "best_val_acc": state.best_val_acc, "best_epoch": state.best_epoch, "epochs": tr.max_epochs,
+        "best_val_acc": state.best_val_acc, "best_epoch": state.best_epoch, "epochs": plan.epochs,
         "epochs_run": state.epoch, "stop_reason": ended, "ema_decay": tr.ema_decay,
         "effective_batch_size": int(cfg.data.batch_size) * int(tr.accumulate_grad_batches),
         "grad_clip_norm": tr.grad_clip_norm,
@@ -360,6 +396,7 @@ def summarize(
         "threads": s.speed.threads, "tta": s.tta, "inference": INFERENCE, "processes": s.world.size,
         "wall_seconds": round(seconds, 2),
         "lr_find": {"suggested_lr": cfg.optimizer.lr, "curve": "lr_find.json"} if cfg.trainer.lr_find else None,
+        "budget": plan.summary(s.schedule.last_lr), "replay": plan.replay(),
     }  # fmt: skip
 
 

@@ -5,9 +5,10 @@ with `_target_` and `_partial_: true`, and `Schedule` supplies the step counts. 
 per batch, so short and long runs share one code path; `plateau` watches a validation metric, so it moves
 once per epoch.
 
-`Schedule` exists for resuming: a run resumed with a larger `trainer.max_epochs` must not load the old
-schedule (OneCycleLR's state holds its length, cosine's shape depends on it), so it rebuilds the schedule for
-the new length and fast-forwards it to the saved step.
+`Schedule` exists for changing a run's length: a run resumed with a larger `trainer.max_epochs` must not load
+the old schedule (OneCycleLR's state holds its length, cosine's shape depends on it), and `trainer.budget`
+re-plans the epochs mid-run; both lay the schedule over the new length and fast-forward it to the step reached
+(`relength`).
 """
 
 from __future__ import annotations
@@ -134,6 +135,7 @@ class Schedule:
         self.factory, self.optimizer = factory, optimizer
         self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
         self.steps_done = 0
+        self.last_lr: float | None = None  # the lr the latest optimizer step used (first param group)
         # The hyperparameters before any scheduler touched them: a resumed longer run restarts from here.
         self._start = [
             {k: copy.deepcopy(v) for k, v in g.items() if k != "params"} for g in optimizer.param_groups
@@ -148,6 +150,7 @@ class Schedule:
     def after_step(self) -> None:
         """Call once after every optimizer step."""
         self.steps_done += 1
+        self.last_lr = float(self.optimizer.param_groups[0]["lr"])
         if not isinstance(self.scheduler, ReduceLROnPlateau):
             self.scheduler.step()
 
@@ -162,6 +165,7 @@ class Schedule:
             "scheduler": copy.deepcopy(self.scheduler.state_dict()),
             "total_steps": self.total_steps,
             "steps_done": self.steps_done,
+            "last_lr": self.last_lr,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -171,9 +175,20 @@ class Schedule:
         `trainer.max_epochs`) gets this length's schedule at the saved step: the saved one would end too
         early, and OneCycleLR refuses to step past its end. `plateau` has no length and always continues.
         """
-        self.steps_done = state["steps_done"]
+        self.steps_done, self.last_lr = state["steps_done"], state.get("last_lr")
         if state["total_steps"] == self.total_steps or isinstance(self.scheduler, ReduceLROnPlateau):
             self.scheduler.load_state_dict(copy.deepcopy(state["scheduler"]))
+            return
+        self.relength(self.total_steps)
+
+    def relength(self, total_steps: int) -> None:
+        """Lay the schedule over `total_steps` from here on: rebuilt for that length and fast-forwarded to the
+        step reached, so the lr continues on the new length's curve. Resets the optimizer's hyperparameters
+        to their starting values first (load the optimizer's state after, not before). `plateau` has no
+        length and keeps its state.
+        """
+        self.total_steps = total_steps
+        if isinstance(self.scheduler, ReduceLROnPlateau):
             return
         for group, start in zip(self.optimizer.param_groups, self._start, strict=True):
             params = group["params"]

@@ -33,6 +33,7 @@ from cnn_train.runtime.hardware import (
 )
 from cnn_train.runtime.world import World
 from cnn_train.training import transfer
+from cnn_train.training.budget import first_length
 from cnn_train.training.ema import EMA
 from cnn_train.training.engine import TrainStep, show_bars
 from cnn_train.training.schedules import Schedule
@@ -197,7 +198,7 @@ def build(cfg: DictConfig, world: World | None = None, device: torch.device | No
     fast = fast_optimizer_kwargs(factory, device, dict(cfg.optimizer))
     optimizer = factory(params=param_groups(model, tr.decay_norm_and_bias), **fast)
     steps = optimizer_steps(len(train_batches), tr.accumulate_grad_batches)  # per epoch
-    schedule = Schedule(instantiate(cfg.scheduler), optimizer, tr.max_epochs * steps, steps)
+    schedule = Schedule(instantiate(cfg.scheduler), optimizer, first_length(tr) * steps, steps)
     augment = instantiate(cfg.augmentation, num_classes=len(data.classes))  # mixup/cutmix: soft labels
     scaler = torch.amp.GradScaler(device.type) if speed.precision == "16-mixed" else None
     weight = balanced_weights(data.train, len(data.classes)).to(device) if tr.class_weights else None

@@ -1,7 +1,8 @@
-"""When a run ends before `trainer.max_epochs`: early stopping on a validation metric, and a time budget.
+"""When a run ends before its last epoch: early stopping on a validation metric, and the hard time limit.
 
 Both end a run the way a finished run ends (best.pt tested, results.json, plots); results.json's
-`stop_reason` says which ended it: `finished`, `early_stopping` or `max_time`.
+`stop_reason` says which ended it: `finished`, `early_stopping` or `max_time`. `trainer.max_time` stays the
+hard stop under `trainer.budget` too (budget.py), which plans the epochs so that the run finishes on time.
 """
 
 from __future__ import annotations
