@@ -23,7 +23,7 @@ from cnn_train.data.transforms import EvalTransform
 from cnn_train.inference import checkpoint
 from cnn_train.runtime.errors import UserError
 from cnn_train.runtime.interrupts import Interrupted
-from cnn_train.training.fit import fit
+from cnn_train.training.fit import check_config, fit
 from tests.conftest import TINY, make_config, sigterm_after_first_save
 from tests.test_cli import run
 from tests.test_reliability import metrics
@@ -188,7 +188,7 @@ def test_several_labels_per_row_make_multi_hot_rows(photos: Path) -> None:
     assert torch.equal(decoded, expected) and torch.equal(cached, expected)
 
 
-def check_folds(label_sets: list[tuple[int, ...]], k: int, seed: int) -> torch.Tensor:
+def assert_folds(label_sets: list[tuple[int, ...]], k: int, seed: int) -> torch.Tensor:
     """Every fold assignment property the k-fold promise rests on; returns the assignment."""
     fold = stratified_folds(label_sets, k, seed)
     assert fold.shape == (len(label_sets),) and set(fold.tolist()) == set(range(k))  # each image in one fold
@@ -204,11 +204,11 @@ def check_folds(label_sets: list[tuple[int, ...]], k: int, seed: int) -> torch.T
 def test_folds_are_disjoint_covering_stratified_and_fixed_by_the_seed() -> None:
     rng = np.random.default_rng(0)
     single = [(int(c),) for c in rng.choice(5, 203, p=[0.5, 0.3, 0.1, 0.07, 0.03])]
-    fold = check_folds(single, 5, seed=1)
-    assert torch.equal(fold, check_folds(single, 5, seed=1))
-    assert not torch.equal(fold, check_folds(single, 5, seed=2))
+    fold = assert_folds(single, 5, seed=1)
+    assert torch.equal(fold, assert_folds(single, 5, seed=1))
+    assert not torch.equal(fold, assert_folds(single, 5, seed=2))
     multi = [tuple(sorted({int(c) for c in rng.choice(4, int(rng.integers(1, 3)))})) for _ in range(150)]
-    check_folds(multi, 4, seed=0)  # by label set
+    assert_folds(multi, 4, seed=0)  # by label set
 
 
 def test_kfold_pools_train_and_val_keeps_test_and_each_image_validates_once(photos: Path) -> None:
@@ -223,6 +223,16 @@ def test_kfold_pools_train_and_val_keeps_test_and_each_image_validates_once(phot
     assert sum(len(v) for v in vals) == len(set.union(*vals)) == 45  # disjoint, covering train + val
     with pytest.raises(UserError, match=r"^data.fold: 3 must lie in 0..2"):
         load_from_config(data_config(photos / "labels.csv", "data.folds=3", "data.fold=3"), seed=7)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [("data.folds=1", r"data.folds: 1 must be a whole number ≥ 2"), ("data.fold=2", r"data.fold: 2 needs data.folds"),
+     ("data.sampler=weighted", r"data.sampler: 'weighted' is not one of shuffle, balanced")],
+)  # fmt: skip
+def test_bad_fold_and_sampler_settings_fail_before_any_data_is_read(override: str, message: str) -> None:
+    with pytest.raises(UserError, match=f"^{message}"):
+        check_config(make_config(override))
 
 
 @pytest.mark.slow
