@@ -91,7 +91,10 @@ def _records(table: LabelFile) -> tuple[list[str], list[list[str]]]:
         text = table.file.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"data.file: {table.file}: not a readable UTF-8 text file ({e})") from e
-    records = list(csv.reader(io.StringIO(text), _dialect(table, text[:65536])))
+    try:
+        records = list(csv.reader(io.StringIO(text), _dialect(table, text[:65536])))
+    except csv.Error as e:  # a NUL byte, an unclosed quote at the end
+        raise UserError(f"data.file: {table.file}: not a readable CSV file ({e})") from e
     if not records:
         raise UserError(f"data.file: {table.file} is empty")
     return [c.strip() for c in records[0]], records[1:]
