@@ -17,8 +17,7 @@ import pytest
 
 from cnn_train.inference import checkpoint
 from cnn_train.reports.run import write_run_report
-from cnn_train.runtime.errors import UserError
-from cnn_train.runtime.errors import Interrupted
+from cnn_train.runtime.errors import Interrupted, UserError
 from cnn_train.training.fit import fit
 from tests.conftest import make_config
 

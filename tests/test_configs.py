@@ -19,7 +19,7 @@ def test_option_composes(group: str, option: str) -> None:
     extra = ["data.root=/tmp"] if (group, option) == ("data", "image_folder") else []
     cfg = make_config(f"{group}={option}", *extra)
     assert cfg.model.name in list_models()
-    assert cfg.data.name in {"fashion_mnist", "mnist", "cifar10", "image_folder"}
+    assert cfg.data.name in {"fashion_mnist", "mnist", "cifar10", "image_folder", "csv"}
 
 
 def test_model_config_names_match_registry() -> None:

@@ -35,19 +35,31 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    name: str = MISSING  # fashion_mnist | mnist | cifar10 | image_folder; set by configs/data/<name>.yaml
-    root: str = MISSING  # where the files are (per choice: each dataset looks and downloads differently)
+    name: str = (
+        MISSING  # fashion_mnist | mnist | cifar10 | image_folder | csv; set by configs/data/<name>.yaml
+    )
+    root: str | None = MISSING  # where the files are (per choice); csv: null = paths relative to data.file
     batch_size: int = 128  # images per step (the global batch under torchrun)
     image_size: int | None = None  # input side; null = the model's stated size, else the data's own
     val_split: float = 0.1  # fraction of the training split held out for validation (fixed by trainer.seed)
     num_workers: int = 0  # loader processes (in-memory data needs none)
     mean: list[float] = MISSING  # per-channel normalisation of the data, recorded in the checkpoint
     std: list[float] = MISSING  # per-channel standard deviation, the same way
-    cache: Any = "auto"  # image_folder: decode every image once into memory: auto (if it fits) | true | false
-    strict: bool = False  # image_folder: an unreadable image fails the run instead of being skipped
-    channels: int = 3  # image_folder: 3 = RGB, 1 = grayscale; every file is converted
+    cache: Any = (
+        "auto"  # image_folder, csv: decode every image once into memory: auto (if it fits) | true | false
+    )
+    strict: bool = False  # image_folder, csv: an unreadable image (a bad row) fails the run, not skipped
+    channels: int = 3  # image_folder, csv: 3 = RGB, 1 = grayscale; every file is converted
     permute_pixels: bool = False  # one fixed shuffle of pixel positions, recorded in the checkpoint
     permute_seed: int = 0  # with permute_pixels: the seed that draws the permutation
+    file: str | None = None  # csv: the .csv/.tsv file (comma, semicolon or tab; .tsv = tab) listing images
+    path_column: str = "path"  # csv: the column of image paths (relative to data.root, else to data.file)
+    label_column: str = "label"  # csv: the column of class names
+    split_column: str | None = "split"  # csv: optional column of train | val | test; absent = data.val_split
+    label_separator: str | None = None  # csv: null = one label per row; "|" or " " = several (multi-label)
+    folds: int | None = None  # k-fold: split the training data into this many stratified folds; null = off
+    fold: int = 0  # k-fold: the fold (counted from 0) that validates; the others train
+    sampler: str = "shuffle"  # shuffle (each image once per epoch) | balanced (∝ 1/class frequency, replaced)
 
 
 @dataclass

@@ -22,6 +22,8 @@ from rich.table import Table
 
 from cnn_train.analysis.duplicates import exact_groups, near_groups
 from cnn_train.data import datasets as ds
+from cnn_train.data.table import LabelFile
+from cnn_train.data.validation import validation_index, validation_pool
 from cnn_train.runtime.errors import UserError
 
 NEAR_THRESHOLD = 4  # bits of the 64-bit pHash (96% of resized + JPEG re-encoded copies measured ≤ 6 apart)
@@ -34,7 +36,7 @@ class Inventory:
     """One row per readable image: where it is, what it is, and its two hashes."""
 
     ids: list[dict[str, Any]] = field(default_factory=list)  # {"split", "index"} or {"split", "path"}
-    labels: list[int] = field(default_factory=list)
+    labels: list[Any] = field(default_factory=list)  # class index, or a multi-label image's tuple of them
     keys: list[bytes] = field(default_factory=list)  # content hash of the decoded pixels
     phashes: list[int] = field(default_factory=list)  # 64-bit perceptual hash
     thumbs: list[np.ndarray] = field(default_factory=list)  # grey THUMB_SIDE² thumbnails that confirm a match
@@ -42,7 +44,7 @@ class Inventory:
     modes: dict[str, Counter[str]] = field(default_factory=dict)
     unreadable: list[str] = field(default_factory=list)
 
-    def add(self, split: str, ident: dict[str, Any], label: int, image: Image.Image) -> None:
+    def add(self, split: str, ident: dict[str, Any], label: Any, image: Image.Image) -> None:
         self.ids.append({"split": split, **ident})
         self.labels.append(label)
         self.keys.append(_content_key(image))
@@ -91,32 +93,33 @@ def _folder_files(root: Path) -> set[str]:
 
 
 def _load(
-    name: str, root: Path, val_split: float, seed: int
-) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
-    """The splits as cnn-train sees them, and for held-out splits the source index of every image."""
-    if name in ("fashion_mnist", "mnist"):
-        splits, classes = ds.load_mnist_family(name, root)
-    elif name == "cifar10":
-        splits, classes = ds.load_cifar10(root)
-    elif name == "image_folder":
-        splits, classes = ds.load_image_folder(root)  # type: ignore[assignment]
-    else:
-        raise UserError(
-            f"data.name: unknown dataset {name!r}; choose fashion_mnist, mnist, cifar10, image_folder"
-        )
-    if "val" not in splits:
-        if not 0.0 < val_split < 1.0:
-            raise UserError(f"data.val_split: {val_split} must lie strictly between 0 and 1")
-        train = splits["train"]
-        positions = ds.TensorSplit(torch.arange(len(train)), torch.arange(len(train)))
-        kept, held = ds.holdout(positions, val_split, seed)  # the very hold-out load_dataset draws
-        splits = {**splits, "train": train.subset(kept.labels), "val": train.subset(held.labels)}
-        return splits, {"train": kept.labels, "val": held.labels}, classes
-    return splits, {}, classes
+    name: str,
+    root: Path | None,
+    val_split: float,
+    seed: int,
+    table: LabelFile | None,
+    folds: tuple[int, int] | None,
+) -> tuple[dict[str, Any], dict[str, Any], list[str], int | None]:
+    """The splits as cnn-train sees them, for held-out splits the source index of every image, the classes,
+    and a CSV's bad rows skipped (cnn-data reports them instead of stopping)."""
+    src = ds.read_source(name, root, strict=False, table=table)
+    pool = validation_pool(src.splits, folds)
+    if pool is None:
+        return src.splits, {}, src.classes, src.skipped_rows
+    kept, held = validation_index(pool, val_split, seed, folds)  # the very split load_dataset draws
+    splits = {**src.splits, "train": pool.subset(kept), "val": pool.subset(held)}
+    return splits, {"train": kept, "val": held}, src.classes, src.skipped_rows
 
 
-def _inventory(name: str, root: Path, val_split: float, seed: int) -> tuple[Inventory, list[str]]:
-    splits, index, classes = _load(name, root, val_split, seed)
+def _inventory(
+    name: str,
+    root: Path | None,
+    val_split: float,
+    seed: int,
+    table: LabelFile | None,
+    folds: tuple[int, int] | None,
+) -> tuple[Inventory, list[str], int | None]:
+    splits, index, classes, skipped = _load(name, root, val_split, seed, table, folds)
     inv = Inventory()
     for split in ("train", "val", "test"):
         data = splits.get(split)
@@ -124,10 +127,10 @@ def _inventory(name: str, root: Path, val_split: float, seed: int) -> tuple[Inve
             _add_tensor_split(inv, split, data, index.get(split, torch.arange(len(data))))
         elif isinstance(data, ds.FileSplit):
             _add_file_split(inv, split, data)
-    if name == "image_folder":  # files the loader's header check already dropped
+    if name == "image_folder" and root is not None:  # files the loader's header check already dropped
         seen = {i["path"] for i in inv.ids} | set(inv.unreadable)
         inv.unreadable.extend(sorted(_folder_files(root) - seen))
-    return inv, classes
+    return inv, classes, skipped
 
 
 def _members(inv: Inventory, group: list[int]) -> list[dict[str, Any]]:
@@ -145,17 +148,21 @@ def _class_counts(inv: Inventory, classes: list[str]) -> dict[str, dict[str, int
     counts: dict[str, dict[str, int]] = {}
     for ident, label in zip(inv.ids, inv.labels, strict=True):
         per_split = counts.setdefault(ident["split"], dict.fromkeys(classes, 0))
-        per_split[classes[label]] += 1
+        for c in label if isinstance(label, tuple) else (label,):  # a multi-label image counts for each
+            per_split[classes[c]] += 1
     return counts
 
 
 def check_dataset(
     name: str,
-    root: str | Path,
+    root: str | Path | None,
     val_split: float = 0.1,
     seed: int = 42,
     near_threshold: int = NEAR_THRESHOLD,
     near_max_diff: float = NEAR_MAX_DIFF,
+    *,
+    table: LabelFile | None = None,
+    folds: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Counts, sizes, modes, unreadable files and duplicate groups of a dataset, as cnn-data writes them.
 
@@ -164,12 +171,14 @@ def check_dataset(
         seed: the hold-out seed (cnn-train's trainer.seed), so val is the split training validates on.
         near_threshold: most differing bits of the 64-bit perceptual hash for a near duplicate candidate.
         near_max_diff: most mean |difference| (0–255) of the two 16×16 grey thumbnails that confirms one.
+        table, folds: data=csv's file and columns; data.folds and data.fold (then that fold is val).
     """
     if not 0 <= near_threshold < 64:
         raise UserError(f"near_threshold: {near_threshold} must lie in 0..63 (bits of a 64-bit hash)")
     if near_max_diff < 0:
         raise UserError(f"near_max_diff: {near_max_diff} must be ≥ 0 (a mean pixel difference, 0–255)")
-    inv, classes = _inventory(name, Path(root).expanduser(), val_split, seed)
+    place = Path(str(root)).expanduser() if root is not None else None
+    inv, classes, skipped = _inventory(name, place, val_split, seed, table, folds)
     exact = [_members(inv, g) for g in exact_groups(inv.keys)]
     hashes, thumbs = (
         np.array(inv.phashes, np.uint64),
@@ -186,6 +195,7 @@ def check_dataset(
         "classes": len(classes),
         "imbalance_ratio": round(max(train) / min(train), 3) if train and min(train) > 0 else None,
         "unreadable": len(inv.unreadable),
+        **({"skipped_rows": skipped} if skipped is not None else {}),
         "exact_duplicate_groups_within_splits": len(exact) - across(exact),
         "exact_duplicate_groups_across_splits": across(exact),
         "near_duplicate_groups_within_splits": len(near) - across(near),

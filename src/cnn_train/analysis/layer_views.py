@@ -17,6 +17,7 @@ from torchvision.utils import make_grid
 
 from cnn_train.analysis.plots import save_png, subplots
 from cnn_train.data.datasets import describe
+from cnn_train.data.table import LabelFile
 from cnn_train.data.transforms import EvalTransform, Preprocess, read_image_tensor
 from cnn_train.inference import checkpoint
 from cnn_train.models import build_model, stage_outputs
@@ -32,7 +33,9 @@ def summary_model(cfg: DictConfig) -> tuple[str, nn.Module, EvalTransform]:
         payload = checkpoint.load(path)
         model = checkpoint.inference_model(payload, torch.device("cpu"), path)
         return str(payload["model"]["name"]), model, checkpoint.eval_transform(payload)
-    channels, num_classes, native = describe(cfg.data.name, cfg.data.root, cfg.data.channels)
+    channels, num_classes, native = describe(
+        cfg.data.name, cfg.data.root, cfg.data.channels, LabelFile.from_config(cfg.data)
+    )
     size = cfg.data.image_size or cfg.model.image_size or native
     if size is None:
         raise UserError("data.image_size: must be set for image folders (e.g. data.image_size=224)")

@@ -94,11 +94,14 @@ def _export(cfg: DictConfig) -> None:
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="data_check")
 def _data_check(cfg: DictConfig) -> None:
     from cnn_train.analysis.datacheck import check_dataset, summary_table
+    from cnn_train.data.labels import check_folds
+    from cnn_train.data.table import LabelFile
 
     try:
         check_declared_keys(cfg)
         d = cfg.data
-        report = check_dataset(d.name, d.root, d.val_split, cfg.seed, cfg.near_threshold, cfg.near_max_diff)
+        report = check_dataset(d.name, d.root, d.val_split, cfg.seed, cfg.near_threshold, cfg.near_max_diff,
+                               table=LabelFile.from_config(d), folds=check_folds(d.folds, d.fold))  # fmt: skip
         if cfg.output:
             files.write_json(cfg.output, report)
     except USER_ERRORS as e:

@@ -1,7 +1,7 @@
-"""Where images come from: the MNIST family (IDX), CIFAR-10 (pickle batches) and folders of images.
+"""Where images come from: the MNIST family (IDX), CIFAR-10 (pickle batches), folders of images, CSV files.
 
-Built-in datasets are small, so they are held in memory as uint8 tensors; image folders stay on disk as
-(path, label) lists decoded by loader workers.
+Built-in datasets are small, so they are held in memory as uint8 tensors; image folders and the files a CSV
+lists stay on disk as (path, label) lists decoded by loader workers.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import functools
 import gzip
 import logging
 import pickle
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,6 +19,9 @@ import torch
 from PIL import Image
 from torchvision import datasets as tvd
 
+from cnn_train.data.labels import LabelSet, check_folds
+from cnn_train.data.table import LabelFile, read_table
+from cnn_train.data.validation import validation_index, validation_pool
 from cnn_train.runtime.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -31,7 +35,10 @@ MNIST_FILES = {
 
 @dataclass
 class TensorSplit:
-    """Images as uint8 N×C×H×W and int64 labels, sliced into batches without copies per image."""
+    """Images as uint8 N×C×H×W and labels, sliced into batches without copies per image.
+
+    Labels are int64 class indices, or for multi-label data an N×K float32 multi-hot matrix.
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -42,18 +49,40 @@ class TensorSplit:
     def subset(self, index: torch.Tensor) -> TensorSplit:
         return TensorSplit(self.images[index], self.labels[index])
 
+    def joined(self, other: TensorSplit) -> TensorSplit:
+        return TensorSplit(torch.cat([self.images, other.images]), torch.cat([self.labels, other.labels]))
+
+    def label_sets(self) -> list[LabelSet]:
+        """Each image's classes: (c,), or the classes a multi-hot row marks."""
+        if self.labels.ndim == 1:
+            return [(y,) for y in self.labels.tolist()]
+        return [tuple(i for i, v in enumerate(row) if v) for row in self.labels.tolist()]
+
 
 @dataclass
 class FileSplit:
-    """Image files with their labels, decoded on demand."""
+    """Image files with their labels, decoded on demand.
 
-    samples: list[tuple[str, int]]
+    A label is a class index, or for multi-label data (`label_count` = K classes) a tuple of class indices,
+    which the file loader turns into a multi-hot row of K.
+    """
+
+    samples: list[tuple[str, Any]]
+    label_count: int | None = None  # multi-label: K, the width of a multi-hot row; None: one class per image
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def subset(self, index: torch.Tensor) -> FileSplit:
-        return FileSplit([self.samples[i] for i in index.tolist()])
+        return FileSplit([self.samples[i] for i in index.tolist()], self.label_count)
+
+    def joined(self, other: FileSplit) -> FileSplit:
+        return FileSplit(self.samples + other.samples, self.label_count)
+
+    def label_sets(self) -> list[LabelSet]:
+        if self.label_count is None:
+            return [(y,) for _, y in self.samples]
+        return [tuple(y) for _, y in self.samples]
 
 
 Split = TensorSplit | FileSplit
@@ -70,6 +99,8 @@ class Dataset:
     classes: list[str]
     channels: int
     native_size: int | None  # None: files of any size, resized to the training side
+    multi_label: bool = False  # labels are sets of classes (multi-hot rows), not one class per image
+    skipped_rows: int | None = None  # data=csv: bad rows left out under data.strict=false (None: not a table)
 
 
 def read_idx(path: Path) -> torch.Tensor:
@@ -258,58 +289,110 @@ def load_image_folder(root: Path, strict: bool = False) -> tuple[dict[str, FileS
     return splits, classes
 
 
-def describe(name: str, root: str | Path, channels: int = 3) -> tuple[int, int, int | None]:
+def load_table(table: LabelFile, strict: bool) -> tuple[dict[str, FileSplit], list[str], int]:
+    """data=csv: the file's usable rows as file splits, the class names, and how many bad rows were skipped."""
+    rows = read_table(table, strict)
+    index = {c: i for i, c in enumerate(rows.classes)}
+    width = len(rows.classes) if table.multi_label else None
+
+    def sample(path: str, labels: tuple[str, ...]) -> tuple[str, Any]:
+        return (path, tuple(index[c] for c in labels)) if width else (path, index[labels[0]])
+
+    splits = {name: FileSplit([sample(*r) for r in split], width) for name, split in rows.splits.items()}
+    return splits, rows.classes, rows.skipped
+
+
+NAMES = "fashion_mnist, mnist, cifar10, image_folder, csv"
+
+
+def describe(
+    name: str, root: str | Path | None, channels: int = 3, table: LabelFile | None = None
+) -> tuple[int, int, int | None]:
     """(channels, classes, native side) without reading images: enough to build and inspect a model."""
     if name in ("fashion_mnist", "mnist"):
         return 1, 10, 28
     if name == "cifar10":
         return 3, 10, 32
     if name == "image_folder":
-        root = Path(root).expanduser()
+        root = Path(str(root)).expanduser()
         top = root / "train" if (root / "train").is_dir() else root
         try:
             classes, _ = tvd.folder.find_classes(str(top))
         except FileNotFoundError as e:
             raise UserError(f"data.root: {top}: {e}") from e
         return channels, len(classes), None
-    raise UserError(
-        f"data.name: unknown dataset {name!r}; choose fashion_mnist, mnist, cifar10, image_folder"
-    )
+    if name == "csv":
+        if table is None:
+            raise UserError("data.file: give the CSV or TSV file of image paths and labels")
+        return channels, len(read_table(table, strict=False, check_files=False).classes), None
+    raise UserError(f"data.name: unknown dataset {name!r}; choose {NAMES}")
 
 
-def holdout(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
-    """Split off `fraction` of `split` for validation; the same seed always picks the same images."""
-    n = len(split)
-    n_val = max(1, round(n * fraction))
-    if n_val >= n:
-        raise UserError(f"data.val_split: {fraction} leaves no training images out of {n}")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return split.subset(order[n_val:]), split.subset(order[:n_val])
+@dataclass
+class Source:
+    """A dataset's splits as its files hold them, before validation is carved out."""
+
+    splits: dict[str, Split]
+    classes: list[str]
+    channels: int
+    native_size: int | None
+    multi_label: bool = False
+    skipped_rows: int | None = None
+
+
+def read_source(
+    name: str,
+    root: str | Path | None,
+    channels: int = 3,
+    strict: bool = False,
+    table: LabelFile | None = None,
+) -> Source:
+    """The splits a dataset's files hold (data.name, data.root, data.file), as cnn-train and cnn-data read them."""
+    if name == "csv":
+        if table is None:
+            raise UserError("data.file: give the CSV or TSV file of image paths and labels")
+        splits, classes, skipped = load_table(table, strict)
+        return Source(splits, classes, channels, None, table.multi_label, skipped)  # type: ignore[arg-type]
+    path = Path(str(root)).expanduser()
+    if name in ("fashion_mnist", "mnist"):
+        return Source(*load_mnist_family(name, path), 1, 28)  # type: ignore[arg-type]
+    if name == "cifar10":
+        return Source(*load_cifar10(path), 3, 32)  # type: ignore[arg-type]
+    if name == "image_folder":
+        return Source(*load_image_folder(path, strict), channels, None)  # type: ignore[arg-type]
+    raise UserError(f"data.name: unknown dataset {name!r}; choose {NAMES}")
 
 
 def load_dataset(
-    name: str, root: str | Path, val_split: float, seed: int, channels: int = 3, strict: bool = False
+    name: str,
+    root: str | Path | None,
+    val_split: float,
+    seed: int,
+    channels: int = 3,
+    strict: bool = False,
+    *,
+    table: LabelFile | None = None,
+    folds: tuple[int, int] | None = None,
 ) -> Dataset:
-    """Load a dataset by its config name (data.name) and carve out the validation split."""
-    root = Path(root).expanduser()
-    native: int | None
-    if name in ("fashion_mnist", "mnist"):
-        splits, classes = load_mnist_family(name, root)
-        channels, native = 1, 28
-    elif name == "cifar10":
-        splits, classes = load_cifar10(root)
-        channels, native = 3, 32
-    elif name == "image_folder":
-        splits, classes = load_image_folder(root, strict)  # type: ignore[assignment]
-        native = None
+    """Load a dataset by its config name (data.name) and carve out the validation split.
+
+    `folds` = (data.folds, data.fold): fold `data.fold` of a stratified k-fold split validates instead.
+    """
+    src = read_source(name, root, channels, strict, table)
+    pool = validation_pool(src.splits, folds)
+    if pool is None:
+        train, val = src.splits["train"], src.splits["val"]
     else:
-        raise UserError(
-            f"data.name: unknown dataset {name!r}; choose fashion_mnist, mnist, cifar10, image_folder"
-        )
-    if "val" in splits:
-        train, val = splits["train"], splits["val"]
-    else:
-        if not 0.0 < val_split < 1.0:
-            raise UserError(f"data.val_split: {val_split} must lie strictly between 0 and 1")
-        train, val = holdout(splits["train"], val_split, seed)
-    return Dataset(name, train, val, splits.get("test"), classes, channels, native)
+        kept, held = validation_index(pool, val_split, seed, folds)
+        train, val = pool.subset(kept), pool.subset(held)
+    return Dataset(name, train, val, src.splits.get("test"), src.classes, src.channels, src.native_size,
+                   src.multi_label, src.skipped_rows)  # fmt: skip
+
+
+def load_from_config(data: Mapping[str, Any], seed: int, channels: int | None = None) -> Dataset:
+    """The dataset a data config describes (cnn-train's, or the one a checkpoint stored), split with `seed`."""
+    return load_dataset(
+        str(data["name"]), data.get("root"), float(data["val_split"]), seed,
+        int(data.get("channels", 3)) if channels is None else channels, bool(data.get("strict", False)),
+        table=LabelFile.from_config(data), folds=check_folds(data.get("folds"), int(data.get("fold", 0))),
+    )  # fmt: skip

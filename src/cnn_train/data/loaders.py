@@ -20,16 +20,22 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class _Files(TorchDataset):
-    """Decodes one file per item at the training side; unreadable files come back as None."""
+    """Decodes one file per item at the training side; unreadable files come back as None.
+
+    A multi-label sample's tuple of class indices becomes its float32 multi-hot row.
+    """
 
     def __init__(self, split: FileSplit, spec: EvalTransform, strict: bool = False) -> None:
         self.samples, self.spec, self.strict = split.samples, spec, strict
+        self.width = split.label_count
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int, str]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int | torch.Tensor, str]:
         path, label = self.samples[i]
+        if self.width is not None:
+            label = torch.zeros(self.width).index_fill_(0, torch.tensor(label, dtype=torch.long), 1.0)
         try:
             return read_image_tensor(path, self.spec), label, path
         except UserError:
@@ -38,14 +44,16 @@ class _Files(TorchDataset):
             return None, label, path
 
 
-def _collate(items: list[tuple[torch.Tensor | None, int, str]]) -> Batch:
+def _collate(items: list[tuple[torch.Tensor | None, int | torch.Tensor, str]]) -> Batch:
     bad = [p for x, _, p in items if x is None]
     for p in bad:
         log.warning("skipping unreadable image %s", p)
     good = [(x, y) for x, y, _ in items if x is not None]
     if not good:
         return torch.empty(0), torch.empty(0, dtype=torch.long)
-    return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good])
+    labels = [y for _, y in good]
+    y = torch.stack(labels) if isinstance(labels[0], torch.Tensor) else torch.tensor(labels)
+    return torch.stack([x for x, _ in good]), y
 
 
 def available_memory() -> int:
@@ -110,7 +118,9 @@ class Batches:
     """An epoch's worth of batches: slices of an in-memory tensor, or decoded files from loader workers.
 
     The shuffle is drawn from `generator` when an epoch starts, so restoring the generator state saved at
-    that moment and skipping the batches already done replays the rest of the epoch exactly.
+    that moment and skipping the batches already done replays the rest of the epoch exactly. With `weights`
+    (data.sampler=balanced) the epoch is instead as many draws with replacement, each image drawn with
+    probability ∝ its weight, from the same generator: it resumes the same way.
     """
 
     def __init__(
@@ -127,11 +137,14 @@ class Batches:
         limit: int | None = None,
         strict: bool = False,
         shard: tuple[int, int] = (0, 1),
+        weights: torch.Tensor | None = None,
     ) -> None:
         self.split, self.spec, self.batch_size, self.device = split, spec, batch_size, device
         self.rank, self.world = shard  # under torchrun each rank takes its slice of every global batch
         self.shuffle, self.generator, self.num_workers, self.strict = shuffle, generator, num_workers, strict
-        self.drop_last = drop_last
+        self.drop_last, self.weights = drop_last, weights
+        if weights is not None and len(weights) != len(split):
+            raise ValueError(f"{len(weights)} sampling weights for {len(split)} images")
         # One image in a training batch breaks BatchNorm, so a short last batch is dropped in training.
         drop = drop_last and len(split) > batch_size
         full, rest = divmod(len(split), batch_size)
@@ -149,7 +162,10 @@ class Batches:
 
     def _chunks(self, skip: int) -> list[torch.Tensor]:
         n = len(self.split)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        if self.weights is not None:
+            order = torch.multinomial(self.weights, n, replacement=True, generator=self.generator)
+        else:
+            order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         bs = self.batch_size
         chunks = [order[i * bs : (i + 1) * bs] for i in range(skip, self.num_batches)]
         if self.world > 1:

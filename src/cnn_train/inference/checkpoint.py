@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from cnn_train.config import DataConfig, TrainerConfig, with_defaults
-from cnn_train.data.datasets import Dataset, load_dataset
+from cnn_train.data.datasets import Dataset, load_from_config
 from cnn_train.data.transforms import EvalTransform
 from cnn_train.models import build_model
 from cnn_train.runtime.errors import UserError
@@ -74,10 +74,11 @@ def inference_model(
 
 
 def dataset(payload: dict[str, Any], data: dict[str, Any] | None = None) -> Dataset:
-    """The checkpoint's own data (or `data`, a data config), split with the seed it was trained with."""
+    """The checkpoint's own data (or `data`, a data config), split with the seed it was trained with: the
+    same hold-out or fold validates, and a CSV's bad rows stop or are skipped as they were in training."""
     cfg = with_defaults(DataConfig, data or payload["config"]["data"])
     seed = with_defaults(TrainerConfig, payload["config"]["trainer"]).seed
-    return load_dataset(cfg.name, cfg.root, cfg.val_split, seed, cfg.channels)
+    return load_from_config(cfg, seed)
 
 
 def eval_transform(payload: dict[str, Any]) -> EvalTransform:

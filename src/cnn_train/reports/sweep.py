@@ -1,6 +1,7 @@
 """report.html of a sweep: the model-comparison table the textbook builds by hand, and what a search learned.
 
-A sortable leaderboard of every job (overrides, status, accuracies, parameters, FLOPs, seconds, images/s),
+A sortable leaderboard of every job (overrides, status, accuracies, parameters, FLOPs, seconds, images/s) and,
+for a k-fold sweep (`data.fold=range(K)`), each metric's mean and standard deviation over the folds,
 every job's validation curve on one plot, and for an Optuna search the parameter importances and the trials'
 objective in trial order. Everything comes from the job folders and multirun.yaml, so `cnn-report SWEEP_DIR`
 rebuilds it at any time; the Optuna study is rebuilt from the jobs' overrides and results (the sweeper keeps
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ SUMMARY_FIELDS = [
     "overrides",
     "error",
 ]
+FOLD_METRICS = ("best_val_acc", "test_acc", "wall_seconds")  # averaged over the folds of a k-fold sweep
 COLUMNS = ["job", "overrides", "status", "best", "best_val_acc", "test_acc", "parameters", "FLOPs", "seconds",
            "images/s"]  # fmt: skip
 
@@ -66,9 +69,40 @@ def collect(sweep_dir: Path, metric: str = "best_val_acc") -> list[dict[str, Any
     return rows
 
 
+def fold_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """k-fold cross-validation: for jobs that differ only in `data.fold=`, a `mean` and a `std` row (sample
+    standard deviation, n − 1) of each metric over the folds that finished."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        words = r["overrides"].split()
+        if any(w.startswith("data.fold=") for w in words):
+            key = " ".join(w for w in words if not w.startswith("data.fold="))
+            groups.setdefault(key, []).append(r)
+    out = []
+    for key, members in groups.items():
+        ok = [r for r in members if r["status"] == "ok"]
+        swept = " ".join(w for w in members[0]["swept"].split() if not w.startswith("data.fold="))
+        for stat in ("mean", "std"):
+            row: dict[str, Any] = {"job": stat, "overrides": key, "swept": swept, "best": "",
+                                   "status": f"{len(ok)} of {len(members)} folds"}  # fmt: skip
+            for k in FOLD_METRICS:
+                values = [float(r[k]) for r in ok if isinstance(r.get(k), (int, float))]
+                enough = len(values) >= (2 if stat == "std" else 1)
+                row[k] = (
+                    round((statistics.stdev if stat == "std" else statistics.mean)(values), 6)
+                    if enough
+                    else None
+                )
+            row["seconds"] = row["wall_seconds"]
+            out.append(row)
+    return out
+
+
 def write_summary(sweep_dir: Path, metric: str) -> list[dict[str, Any]]:
-    """<sweep dir>/summary.csv: one row per job (`collect`); returns the rows (none: nothing written)."""
+    """<sweep dir>/summary.csv: one row per job (`collect`), then a k-fold sweep's mean and std rows
+    (`fold_rows`); returns the rows (none: nothing written)."""
     rows = collect(sweep_dir, metric)
+    rows += fold_rows(rows)
     if rows:
         files.write_csv(
             sweep_dir / "summary.csv", [{k: r.get(k) for k in SUMMARY_FIELDS} for r in rows], SUMMARY_FIELDS
@@ -152,7 +186,7 @@ def write_sweep_report(sweep_dir: Path, metric: str | None = None) -> Path:
         else h.note("no job finished")
     )
     sections = [
-        h.section("Leaderboard", lead, leaderboard(rows)),
+        h.section("Leaderboard", lead, leaderboard(rows + fold_rows(rows))),
         h.section("Validation curves", curves(sweep_dir, rows)),
     ]
     sweeper = (config.get("hydra") or {}).get("sweeper") or {}

@@ -16,7 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnn_train.analysis import plots
 from cnn_train.config import check_target_keys
+from cnn_train.data.labels import SAMPLERS, check_folds
 from cnn_train.data.loaders import Batches
+from cnn_train.data.table import LabelFile
 from cnn_train.inference import checkpoint
 from cnn_train.inference.infer import INFERENCE
 from cnn_train.models import min_image_size
@@ -97,6 +99,11 @@ def check_config(cfg: DictConfig) -> None:
         raise UserError(
             f"data.root: {cfg.data.root} does not exist (image_folder needs a folder of class folders)"
         )
+    if (table := LabelFile.from_config(cfg.data)) is not None and not table.file.is_file():
+        raise UserError(f"data.file: {table.file} does not exist")
+    check_folds(cfg.data.folds, cfg.data.fold)
+    if cfg.data.sampler not in SAMPLERS:
+        raise UserError(f"data.sampler: {cfg.data.sampler!r} is not one of {', '.join(SAMPLERS)}")
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -347,6 +354,14 @@ def describe(cfg: DictConfig, s: Session) -> dict[str, Any]:
         f"{n_train:,}", f"{n_params:,}", len(s.data.train), len(s.data.val), s.device,
     )  # fmt: skip
     log.info("speed: %s%s", s.speed.describe(), f", {s.world.size} processes" if s.world.active else "")
+    if cfg.data.folds is not None:
+        log.info("data.folds=%d: fold %d validates, the other %d train (stratified by label, fixed by the seed)",
+                 cfg.data.folds, cfg.data.fold, cfg.data.folds - 1)  # fmt: skip
+    if cfg.data.sampler == "balanced":
+        log.info("data.sampler=balanced: each epoch draws %d training images with replacement, ∝ 1/class size",
+                 len(s.data.train))  # fmt: skip
+    if s.data.skipped_rows:
+        log.warning("data.file: %d bad row(s) skipped (results.json: skipped_rows)", s.data.skipped_rows)
     return {
         "model": s.model_spec, "classes": s.data.classes, "eval_transform": s.spec.to_dict(),
         "inference": INFERENCE, "config": OmegaConf.to_container(cfg, resolve=True), "init": s.init,
@@ -394,7 +409,7 @@ def summarize(
         "parameters": n_params, "trainable_parameters": n_train,
         "precision": s.speed.precision, "channels_last": s.speed.channels_last, "compile": s.speed.compile,
         "threads": s.speed.threads, "tta": s.tta, "inference": INFERENCE, "processes": s.world.size,
-        "wall_seconds": round(seconds, 2),
+        "wall_seconds": round(seconds, 2), "skipped_rows": s.data.skipped_rows,
         "lr_find": {"suggested_lr": cfg.optimizer.lr, "curve": "lr_find.json"} if cfg.trainer.lr_find else None,
         "budget": plan.summary(s.schedule.last_lr), "replay": plan.replay(),
     }  # fmt: skip

@@ -18,7 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from cnn_train.data.datasets import Dataset, Split, TensorSplit, load_dataset
+from cnn_train.data.datasets import Dataset, Split, TensorSplit, load_from_config
+from cnn_train.data.labels import sampler_weights
 from cnn_train.data.loaders import Batches, cache_split, should_cache
 from cnn_train.data.transforms import EvalTransform, Preprocess
 from cnn_train.models import build_model
@@ -112,7 +113,12 @@ def _load_data(cfg: DictConfig, source: transfer.Source | None) -> tuple[Dataset
     if source is not None and source.channels == 1:
         want = 1  # grey weights: colour images are converted to grey
     strict = cfg.data.strict
-    data = load_dataset(cfg.data.name, cfg.data.root, cfg.data.val_split, cfg.trainer.seed, want, strict)
+    data = load_from_config(cfg.data, cfg.trainer.seed, want)
+    if data.multi_label:
+        raise UserError(
+            "data.label_separator: these labels are sets of classes (multi-label); cnn-train trains a classifier "
+            "of one class per image, so leave data.label_separator=null"
+        )
     size = image_size_for(cfg, data)
     # Grey data into colour weights: the model takes one channel and the first conv's kernels are summed.
     channels = 1 if data.channels == 1 or (source is not None and source.channels == 1) else data.channels
@@ -137,13 +143,14 @@ def _batches(cfg: DictConfig, data: Dataset, spec: EvalTransform, device: torch.
              shuffle: torch.Generator) -> tuple[Batches, Batches]:  # fmt: skip
     """This rank's training and validation batches (its shard of every global batch under torchrun)."""
     tr, bs, workers = cfg.trainer, int(cfg.data.batch_size), int(cfg.data.num_workers)
+    weights = sampler_weights(data.train.label_sets()) if cfg.data.sampler == "balanced" else None
     common = {
         "num_workers": workers,
         "strict": cfg.data.strict,
         "shard": (world.rank, world.size),
     }
     train = Batches(data.train, spec, bs, device, shuffle=True, drop_last=True, generator=shuffle,
-                    limit=tr.limit_train_batches, **common)  # fmt: skip
+                    limit=tr.limit_train_batches, weights=weights, **common)  # fmt: skip
     val = Batches(data.val, spec, bs, device, limit=tr.limit_val_batches, **common)
     return train, val
 
