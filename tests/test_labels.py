@@ -21,8 +21,7 @@ from cnn_train.data.loaders import Batches, cache_split
 from cnn_train.data.table import LabelFile
 from cnn_train.data.transforms import EvalTransform
 from cnn_train.inference import checkpoint
-from cnn_train.runtime.errors import UserError
-from cnn_train.runtime.interrupts import Interrupted
+from cnn_train.runtime.errors import Interrupted, UserError
 from cnn_train.training.fit import check_config, fit
 from tests.conftest import TINY, make_config, sigterm_after_first_save
 from tests.test_cli import run
