@@ -115,15 +115,23 @@ def test_submitit_local_runs_a_two_job_sweep(fashion_root: Path, tmp_path: Path)
     assert list((sweep / ".submitit").rglob("*_result.pkl"))  # each job ran through submitit
 
 
-def test_a_restarted_job_continues_its_own_unfinished_run(fashion_root: Path, tmp_path: Path) -> None:
+def test_a_restarted_job_continues_its_own_unfinished_run(
+    fashion_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """What a requeued cluster job does: same run dir, last.pt there, no results.json yet."""
     over = ["model=lenet", "trainer.limit_train_batches=4", "trainer.limit_val_batches=1",
             "trainer.limit_test_batches=1", "data.batch_size=16"]  # fmt: skip
     fit(make_config(*over, "trainer.max_epochs=1"), tmp_path)
+    first = read_metrics(tmp_path)
     (tmp_path / "results.json").unlink()  # as if the job was preempted after epoch 1
-    results = fit(make_config(*over, "trainer.max_epochs=2"), tmp_path)
+    with caplog.at_level("INFO", logger="cnn_train"):
+        results = fit(make_config(*over, "trainer.max_epochs=2"), tmp_path)
     rows = read_metrics(tmp_path)
     assert [r["epoch"] for r in rows] == ["1", "2"] and results["epochs"] == 2
+    # Epoch 1 is carried over from last.pt, not trained again: its row is the first run's, wall seconds and
+    # images/s included (a second training of it, however deterministic, takes its own time).
+    assert rows[0] == first[0]
+    assert f"resumed from {tmp_path / 'last.pt'} at epoch 2" in caplog.text
 
 
 def test_tensorboard_logger_is_read_back(fashion_root: Path, tmp_path: Path) -> None:
