@@ -91,6 +91,12 @@ def pixels(path: Path) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
+def red_minus_blue(rgb: np.ndarray) -> np.ndarray:
+    """R − B per pixel: 0 on a grey picture; under the jet heat map (drawn at alpha 0.45) about −115 where
+    the map is near 0, about +115 near its maximum, whatever the grey beneath."""
+    return rgb[..., 0].astype(int) - rgb[..., 2].astype(int)
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_every_model_cam_is_its_last_conv_stage_at_28_grey(
     name: str, fashion_root: Path, one_thread: None
@@ -115,7 +121,9 @@ def test_cnn_predict_cam_writes_one_png_per_image(
     assert run_cli(predict_cli.main, *args, cwd=tmp_path, monkeypatch=monkeypatch) == 0
     written = sorted(p.name for p in (tmp_path / "out" / "p_cam").iterdir())
     assert written == ["0000_a.png", "0001_b.png", "0002_c.png"]
-    assert all(pixels(tmp_path / "out" / "p_cam" / name).std() > 0 for name in written)
+    for name in written:  # each grey picture under a heat map that runs from jet's blue half to its red
+        heat = red_minus_blue(pixels(tmp_path / "out" / "p_cam" / name))
+        assert heat.max() > 0 > heat.min(), name
     assert cam_dir(None) == Path("cam") and cam_dir("x/preds.json") == Path("x/preds_cam")
     with pytest.raises(UserError, match="cam: .*ONNX"):  # an export has no gradients to take
         save_prediction_cams(tmp_path / "best.onnx", [], tmp_path, torch.device("cpu"))
@@ -133,10 +141,18 @@ def test_cnn_eval_cam_writes_the_misclassified_grid(
 ) -> None:
     args = (f"ckpt={trained}", "limit_batches=1", "batch_size=16", f"output_dir={tmp_path}", "cam=true")
     assert run_cli(tools.eval_main, *args, cwd=tmp_path, monkeypatch=monkeypatch) == 0
-    assert (
-        pixels(tmp_path / "misclassified_cam.png").shape != pixels(tmp_path / "misclassified.png").shape
-        or (pixels(tmp_path / "misclassified_cam.png") != pixels(tmp_path / "misclassified.png")).any()
+    # misclassified.png is the same grid without heat maps: same images, titles and layout, all grey.
+    plain, cam = (
+        pixels(tmp_path / name).astype(int) for name in ("misclassified.png", "misclassified_cam.png")
     )
+    assert plain.shape == cam.shape and (plain.max(-1) == plain.min(-1)).all()
+    changed = (cam != plain).any(-1)
+    heat = red_minus_blue(cam)
+    # The grids differ where the maps are drawn and nowhere else (titles, margins), every changed pixel
+    # tinted; the maps are no uniform tint: each reaches its maximum (jet's red half) and the images hold
+    # places without evidence (its blue half).
+    assert changed.any() and (cam.max(-1) > cam.min(-1))[changed].all()
+    assert heat[changed].max() > 0 > heat[changed].min()
 
 
 def test_cnn_summary_img_draws_what_the_checkpoints_weights_see(

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from cnn_train.models import list_models
 from cnn_train.training.schedules import Schedule
@@ -14,12 +17,48 @@ GROUPS = ["model", "data", "optimizer", "scheduler", "augmentation", "trainer", 
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONFIGS / g).glob("*.yaml"))]
 
 
+def leaves(node: Any, prefix: str = "") -> dict[str, Any]:
+    """{dotted key: value} for every value a YAML mapping sets (a list is one value)."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    return {k: v for key, sub in node.items() for k, v in leaves(sub, f"{prefix}.{key}".lstrip(".")).items()}
+
+
+def choice_file(group: str, choice: str) -> tuple[dict[str, Any], list[tuple[str, str]], bool]:
+    """The values a choice's file sets itself, at their place in the config; the group choices its defaults
+    list overrides (`override /model: resnet9` → ("model", "resnet9")); whether it is a global recipe."""
+    path = CONFIGS / group / f"{choice}.yaml"
+    spec = OmegaConf.to_container(OmegaConf.load(path)) or {}
+    is_global = "# @package _global_" in path.read_text()
+    overrides = [next(iter(e.items())) for e in spec.pop("defaults", []) if isinstance(e, dict)]
+    values = leaves(spec, "" if is_global else group) if spec else {}
+    return values, [(k.removeprefix("override /"), c) for k, c in overrides], is_global
+
+
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_option_composes(group: str, option: str) -> None:
-    extra = ["data.root=/tmp"] if (group, option) == ("data", "image_folder") else []
+    """The choice landed: every value its file sets (its `name` or `_target_` among them) is in the composed
+    config, and so is every value of the group choices its defaults list overrides, except where a config
+    applied later changes it on purpose: the model_data pairing of the composed model and data (after the
+    group choices, before a global recipe's own values) and the command line."""
+    required = {"image_folder": ["data.root=/tmp"], "csv": ["data.file=/tmp/labels.csv"]}  # their ??? keys
+    extra = required.get(option, []) if group == "data" else []
     cfg = make_config(f"{group}={option}", *extra)
     assert cfg.model.name in list_models()
     assert cfg.data.name in {"fashion_mnist", "mnist", "cifar10", "image_folder", "csv"}
+    own, overrides, is_global = choice_file(group, option)
+    pairing = CONFIGS / "model_data" / f"{cfg.model.name}_{cfg.data.name}.yaml"
+    paired = leaves(OmegaConf.to_container(OmegaConf.load(pairing))) if pairing.is_file() else {}
+    expected = dict(own) if is_global else {k: v for k, v in own.items() if k not in paired}
+    for chosen, choice in overrides:
+        values, _, _ = choice_file(chosen, choice)
+        expected |= {k: v for k, v in values.items() if k not in own and k not in paired}
+    for key in (o.split("=")[0] for o in extra):
+        expected.pop(key, None)
+    for key, value in expected.items():
+        landed = OmegaConf.select(cfg, key)
+        assert (OmegaConf.to_container(landed) if OmegaConf.is_config(landed) else landed) == value, key
+    assert expected or not own, (group, option)  # only an empty choice (trainer=default) sets nothing
 
 
 def test_model_config_names_match_registry() -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from cnn_train.analysis.anatomy import summarize
 from cnn_train.analysis.evaluation import per_class
+from cnn_train.data.datasets import read_idx
 from cnn_train.models import build_model, list_models, min_image_size
 from tests.conftest import only_run, run
 
@@ -90,11 +92,30 @@ def test_cnn_eval_matches_the_run_and_writes_figures(workdir: Path) -> None:
     assert "Ankle boot" in proc.stdout
 
 
-def test_predict_save_annotated(workdir: Path) -> None:
-    Image.new("L", (28, 28), 90).save(workdir / "grey.png")
-    proc = run("cnn-predict", "img=grey.png", "output=out/p.csv", "save_annotated=true", cwd=workdir)
+def drawn_picture(path: Path) -> np.ndarray:
+    """The picture in a titled figure: the longest block of rows holding ink (the title is a shorter block
+    above it, with white rows between), cut to its inked columns and averaged back to 28×28 grey levels."""
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        grey = np.asarray(im.convert("L"))
+    rows = np.flatnonzero((grey < 250).any(1))
+    gaps = np.flatnonzero(np.diff(rows) > 1)
+    starts, ends = np.r_[rows[0], rows[gaps + 1]], np.r_[rows[gaps], rows[-1]]
+    top, bottom = max(zip(starts, ends, strict=True), key=lambda b: b[1] - b[0])
+    cols = np.flatnonzero((grey[top : bottom + 1] < 250).any(0))
+    block = Image.fromarray(grey[top : bottom + 1, cols[0] : cols[-1] + 1])
+    return np.asarray(block.resize((28, 28), Image.Resampling.BOX)).astype(int)
+
+
+def test_predict_save_annotated(workdir: Path, fashion_root: Path) -> None:
+    img = read_idx(fashion_root / "t10k-images-idx3-ubyte.gz")[1].numpy()  # a pullover; its edges are black
+    Image.fromarray(img).save(workdir / "pullover.png")
+    proc = run("cnn-predict", "img=pullover.png", "output=out/p.csv", "save_annotated=true", cwd=workdir)
     assert proc.returncode == 0, proc.stderr
-    assert is_png(workdir / "out" / "p_annotated" / "0000_grey.png")
+    # The figure draws each pixel as a block: averaged back, a block gives its pixel, up to its edges' blend
+    # with the neighbours; a blank or another picture is off by tens of grey levels on average.
+    shown = drawn_picture(workdir / "out" / "p_annotated" / "0000_pullover.png")
+    assert np.abs(shown - img.astype(int)).mean() < 8
 
 
 def test_cnn_eval_refuses_data_with_another_class_count(workdir: Path, folder_root: Path) -> None:

@@ -140,6 +140,23 @@ def test_max_time_stops_in_time_then_tests_best_and_can_resume(fashion_root: Pat
     last = checkpoint.load(tmp_path / "last.pt")
     assert 1 <= last["partial"]["step"] < 1000 and last["epoch"] == 0  # the unfinished epoch, resumable
     assert (tmp_path / "best.pt").is_file() and (tmp_path / "samples.png").is_file()
+    # Resumed, a cut epoch ends as if it had never been cut. A budget spent before the first step ends cuts
+    # a 6-step epoch after step 1 on any machine; resumed without a budget, the run must end with the
+    # metrics and weights of the same run left whole (the same computation repeated: equal to the bit).
+    short = [*TINY, "trainer.max_epochs=1", "trainer.limit_train_batches=6", "trainer.limit_val_batches=1",
+             "trainer.limit_test_batches=1"]  # fmt: skip
+    cut, resumed, whole = tmp_path / "cut", tmp_path / "resumed", tmp_path / "whole"
+    assert fit(make_config(*short, "trainer.max_time=0.001"), cut)["stop_reason"] == "max_time"
+    assert checkpoint.load(cut / "last.pt")["partial"]["step"] == 1
+    again = fit(make_config(*short, f"trainer.resume={cut / 'last.pt'}"), resumed)
+    expected = fit(make_config(*short), whole)
+    timing = ("seconds", "images_per_s")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in rows(resumed)] == [
+        {k: v for k, v in r.items() if k not in timing} for r in rows(whole)
+    ]
+    assert (again["stop_reason"], again["test_loss"]) == ("finished", expected["test_loss"])
+    weights = [checkpoint.load(d / "last.pt")["state_dict"] for d in (resumed, whole)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[1])
     assert [parse_duration(v) for v in ("600", "90s", "10m", "1h30m", "1.5h")] == [600, 90, 600, 5400, 5400]
     with pytest.raises(UserError, match="trainer.max_time"):
         parse_duration("ten minutes")

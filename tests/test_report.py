@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -95,6 +96,42 @@ def test_cnn_report_rebuilds_the_same_pages(sweep_dir: Path, tmp_path: Path, mon
     with pytest.raises(SystemExit) as e:
         report_main()
     assert e.value.code == 2 and str(tmp_path) in capsys.readouterr().err
+
+
+def test_pages_show_markup_in_names_as_text(sweep_dir: Path, tmp_path: Path) -> None:
+    """A class name, an override or an error message holding HTML is shown, never run: autoescaping."""
+    from cnn_train.reports.run import write_run_report
+    from cnn_train.reports.sweep import write_sweep_report
+
+    evil = "<script>alert(1)</script>"
+    sweep = tmp_path / "sweep"
+    shutil.copytree(sweep_dir, sweep, ignore=shutil.ignore_patterns("*.pt"))
+    job = sweep / "0"
+    extra = json.loads((job / "report.json").read_text())
+    extra["test"]["per_class"][0]["class"] = evil
+    extra["class_counts"] = {split: {evil: 1} for split in extra["class_counts"]}
+    (job / "report.json").write_text(json.dumps(extra))
+    overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([*overrides, f"+note={evil}"]))
+    (sweep / "1" / "results.json").unlink()
+    (sweep / "1" / "error.txt").write_text(evil)
+    for page in (write_run_report(job), write_sweep_report(sweep)):
+        text = page.read_text()
+        assert text.count("<script>") == 1 and "<script>alert" not in text  # only the table sorter
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert text.count("failed: &lt;script&gt;") == 1  # the sweep page: job 1's error, as text
+
+
+def test_every_run_section_is_a_gatherer_and_an_included_template() -> None:
+    """A section is a key of sections.SECTIONS and a run/<key>.html.j2 that run.html.j2 includes."""
+    from jinja2 import meta
+
+    from cnn_train.reports.page import environment
+    from cnn_train.reports.sections import SECTIONS
+
+    env = environment()
+    included = meta.find_referenced_templates(env.parse(env.loader.get_source(env, "run.html.j2")[0]))
+    assert {t for t in included if t.startswith("run/")} == {f"run/{key}.html.j2" for key in SECTIONS}
 
 
 SORT = """(() => {

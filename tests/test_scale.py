@@ -41,25 +41,39 @@ def cnn_train(*args: str, cwd: Path, torchrun: int = 0, timeout: int = 600) -> s
 
 @pytest.mark.slow
 def test_torchrun_two_gloo_processes_match_one(fashion_root: Path, tmp_path: Path) -> None:
+    """Two ranks, each taking half of every global batch of 64, train the same network as one process.
+
+    The tolerance: each step's gradient is the mean over the same 64 images in both runs, summed in another
+    order (two means of 32 averaged by DDP's all-reduce; kernels blocked for 32 images). In fp32 that moves a
+    gradient by about eps·√n relative for a sum of n terms: under 1.3e-5 for the longest one here (conv1's
+    weight gradient, 64·28·28 terms; eps = 2⁻²⁴). SGD's step is linear in the gradient and 40 steps of a
+    stable run carry that along without blowing it up, so the epoch's mean losses agree far inside 1e-4
+    (metrics.csv keeps 5 decimals). A rank reading the wrong half, gradients left unreduced or averaged
+    with the wrong scale change the first step itself, and the losses by orders of magnitude more.
+    Deterministic: fp32 (not the bf16 `auto` picks on some CPUs), one thread per process, no augmentation.
+    """
+    fixed = [o for o in SLICE if not o.startswith("optimizer.")]
+    fixed += ["optimizer=sgd", "optimizer.lr=0.05", "trainer.precision=32"]
     one, two = tmp_path / "one", tmp_path / "two"
-    cnn_train(*SLICE, f"hydra.run.dir={one}", "trainer.threads=1", cwd=tmp_path)
-    proc = cnn_train(*SLICE, f"hydra.run.dir={two}", "trainer.threads=1", cwd=tmp_path, torchrun=2)
+    cnn_train(*fixed, f"hydra.run.dir={one}", "trainer.threads=1", cwd=tmp_path)
+    proc = cnn_train(*fixed, f"hydra.run.dir={two}", "trainer.threads=1", cwd=tmp_path, torchrun=2)
     for name in [*RUN_FILES, "curves.png", "samples.png"]:
         assert (two / name).is_file(), name
     r1, r2 = (json.loads((d / "results.json").read_text()) for d in (one, two))
-    assert r2["processes"] == 2 and r1["processes"] == 1
-    assert abs(r1["test_acc"] - r2["test_acc"]) < 0.05 and r2["test_acc"] > 0.6
-    # Every global batch was seen once: 40 steps of 64 images, split over the two ranks and summed back.
-    assert (
-        read_metrics(two)[0]["images_per_s"] and proc.stderr.count("best_epoch") == 1
-    )  # rank 0 alone reports
+    assert r2["processes"] == 2 and r1["processes"] == 1 and r2["test_acc"] > 0.4  # chance is 0.1
+    (m1,), (m2,) = read_metrics(one), read_metrics(two)
+    for loss in ("train_loss", "val_loss"):
+        assert abs(float(m1[loss]) - float(m2[loss])) <= 1e-4, (loss, m1, m2)
+    # 512 test images: a prediction whose two best logits are within rounding of each other may flip.
+    assert abs(r1["test_acc"] - r2["test_acc"]) <= 2 / 512 and abs(r1["test_loss"] - r2["test_loss"]) <= 1e-4
+    assert proc.stderr.count("best_epoch") == 1  # rank 0 alone reports
     # Resume with another world size: one process continues the two-process run for a second epoch.
     cnn_train(
-        *SLICE, "trainer.max_epochs=2", f"trainer.resume={two / 'last.pt'}", f"hydra.run.dir={tmp_path / 'more'}",
+        *fixed, "trainer.max_epochs=2", f"trainer.resume={two / 'last.pt'}", f"hydra.run.dir={tmp_path / 'more'}",
         cwd=tmp_path,
     )  # fmt: skip
     rows = read_metrics(tmp_path / "more")
-    assert [r["epoch"] for r in rows] == ["1", "2"] and rows[0] == read_metrics(two)[0]
+    assert [r["epoch"] for r in rows] == ["1", "2"] and rows[0] == m2
 
 
 def test_batch_must_split_over_processes(fashion_root: Path, tmp_path: Path, monkeypatch) -> None:
@@ -115,15 +129,23 @@ def test_submitit_local_runs_a_two_job_sweep(fashion_root: Path, tmp_path: Path)
     assert list((sweep / ".submitit").rglob("*_result.pkl"))  # each job ran through submitit
 
 
-def test_a_restarted_job_continues_its_own_unfinished_run(fashion_root: Path, tmp_path: Path) -> None:
+def test_a_restarted_job_continues_its_own_unfinished_run(
+    fashion_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """What a requeued cluster job does: same run dir, last.pt there, no results.json yet."""
     over = ["model=lenet", "trainer.limit_train_batches=4", "trainer.limit_val_batches=1",
             "trainer.limit_test_batches=1", "data.batch_size=16"]  # fmt: skip
     fit(make_config(*over, "trainer.max_epochs=1"), tmp_path)
+    first = read_metrics(tmp_path)
     (tmp_path / "results.json").unlink()  # as if the job was preempted after epoch 1
-    results = fit(make_config(*over, "trainer.max_epochs=2"), tmp_path)
+    with caplog.at_level("INFO", logger="cnn_train"):
+        results = fit(make_config(*over, "trainer.max_epochs=2"), tmp_path)
     rows = read_metrics(tmp_path)
     assert [r["epoch"] for r in rows] == ["1", "2"] and results["epochs"] == 2
+    # Epoch 1 is carried over from last.pt, not trained again: its row is the first run's, wall seconds and
+    # images/s included (a second training of it, however deterministic, takes its own time).
+    assert rows[0] == first[0]
+    assert f"resumed from {tmp_path / 'last.pt'} at epoch 2" in caplog.text
 
 
 def test_tensorboard_logger_is_read_back(fashion_root: Path, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cnn_train.analysis import plots
-from cnn_train.reports import page as h
+from cnn_train.reports.page import figure
 
 log = logging.getLogger(__name__)
 
@@ -55,18 +55,19 @@ def _fits(distribution: Any, value: Any) -> bool:
     return value is not None and distribution._contains(distribution.to_internal_repr(value))
 
 
-def history(sweep_dir: Path, study: Any, maximize: bool) -> str:
+def history(sweep_dir: Path, study: Any, maximize: bool) -> dict[str, Any]:
     """Each trial's objective in trial order, and the best so far."""
     values = [t.value for t in study.trials]
     best = [max(values[: i + 1]) if maximize else min(values[: i + 1]) for i in range(len(values))]
     steps = list(range(len(values)))
     path = sweep_dir / "optuna_history.png"
     plots.plot_lines({"trial": (steps, values), "best so far": (steps, best)}, "trial", "objective", path)
-    return h.figure(path, "objective per trial (finished trials, in trial order)")
+    return figure(path, "objective per trial (finished trials, in trial order)")
 
 
-def importances(sweep_dir: Path, study: Any) -> str:
-    """Mean-decrease-in-impurity importances (a random forest on the trials; at least two of them).
+def importances(sweep_dir: Path, study: Any) -> dict[str, Any] | str:
+    """Mean-decrease-in-impurity importances (a random forest on the trials; at least two of them), or the
+    line that says why there are none.
 
     Not Optuna 2.x's default fANOVA: its tree code fails on current scikit-learn (arrays where it expects
     scalars), and the hydra-optuna-sweeper pins Optuna below 3.
@@ -74,28 +75,31 @@ def importances(sweep_dir: Path, study: Any) -> str:
     import optuna
 
     if len(study.trials) < 2:
-        return h.note("parameter importances need at least two finished trials")
+        return "parameter importances need at least two finished trials"
     try:
         evaluator = optuna.importance.MeanDecreaseImpurityImportanceEvaluator(seed=0)
         values = optuna.importance.get_param_importances(study, evaluator=evaluator)
     except (ValueError, RuntimeError) as e:  # e.g. every trial drew the same values
-        return h.note(f"parameter importances could not be computed: {e}")
+        return f"parameter importances could not be computed: {e}"
     path = sweep_dir / "optuna_importances.png"
     plots.plot_bars(dict(values), "importance (mean decrease in impurity)", path)
-    table = h.table(["parameter", "importance"], [[k, float(v)] for k, v in values.items()])
-    return h.figure(path, "parameter importances") + table
+    return {
+        "figure": figure(path, "parameter importances"),
+        "rows": [[k, float(v)] for k, v in values.items()],
+    }
 
 
-def optuna_section(sweep_dir: Path, sweeper: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+def optuna_data(sweep_dir: Path, sweeper: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The context of sweep/optuna.html.j2 (and its figures)."""
     study = rebuild_study(sweeper, rows)
     if not study.trials:
-        return h.section("Optuna search", h.note("no trial finished"))
+        return {"error": None, "trials": 0}
     maximize = str(sweeper.get("direction", "maximize")) == "maximize"
-    best = study.best_trial
-    lead = (
-        f"<p>{len(study.trials)} finished trials; best value {best.value:.4f} with {h.esc(best.params)}.</p>"
-    )
-    return h.section(
-        "Optuna search", lead, "<h3>Parameter importances</h3>", importances(sweep_dir, study),
-        "<h3>Objective over trials</h3>", history(sweep_dir, study, maximize),
-    )  # fmt: skip
+    return {
+        "error": None,
+        "trials": len(study.trials),
+        "best_value": study.best_trial.value,
+        "best_params": study.best_trial.params,
+        "importances": importances(sweep_dir, study),
+        "history": history(sweep_dir, study, maximize),
+    }

@@ -2,7 +2,8 @@
 
 At the end of a run `after_run` writes what the report needs and the run does not already have (the test
 pass's confusion matrix and misclassified images, collected by `TestRecord` inside the one test pass; class
-counts; FLOPs) into report.json and two PNGs, then `write_run_report` renders the run dir into report.html.
+counts; FLOPs) into report.json and two PNGs, then `write_run_report` renders the run dir into report.html
+through templates/run.html.j2 (sections.py gathers each section's data; its docstring says how to add one).
 `cnn-report RUN_DIR` re-renders from those files alone, without data or a device.
 """
 
@@ -22,8 +23,9 @@ from cnn_train.analysis.evaluation import per_class
 from cnn_train.data.datasets import Dataset, TensorSplit
 from cnn_train.data.transforms import EvalTransform, Preprocess
 from cnn_train.inference import checkpoint
-from cnn_train.reports import page as h
+from cnn_train.reports.page import render
 from cnn_train.reports.rundata import read_json
+from cnn_train.reports.sections import gather
 from cnn_train.runtime import distributed, files
 from cnn_train.runtime.errors import UserError
 
@@ -143,20 +145,14 @@ def test_section_data(
 
 
 def write_run_report(run_dir: Path) -> Path:
-    """Render report.html from the files in `run_dir` (results.json must be there)."""
-    from cnn_train.reports.sections import run_sections
-
+    """Render report.html (templates/run.html.j2) from the files in `run_dir` (results.json must be there)."""
     results = read_json(run_dir / "results.json")
     if not results:
         raise UserError(f"{run_dir}: no results.json (the run has not finished)")
     extra = read_json(run_dir / "report.json")
-    title = f"{results['model']} on {results['data']}"
-    acc = results.get("test_acc")
-    sub = f"test accuracy {acc:.4f}" if isinstance(acc, float) else "no test split"
-    sub += f" · {run_dir.resolve()}"
-    html = h.page(title, sub, run_sections(run_dir, results, extra))
+    context = gather(run_dir, results, extra)
     path = run_dir / "report.html"
-    files.write_text(path, html)
+    files.write_text(path, render("run.html.j2", run_dir=run_dir.resolve(), **context))
     return path
 
 

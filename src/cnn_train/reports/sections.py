@@ -1,128 +1,114 @@
-"""The sections of a run's report.html, each from the run dir's own files (see report.py)."""
+"""The data of a run's report.html, one dict per section, each from the run dir's own files (see run.py).
+
+The page is templates/run.html.j2; each section is templates/run/<key>.html.j2 and reads the context key
+of the same name, which the gatherer under that key in SECTIONS builds. To add a section (say `bench`):
+
+1. write `bench(run_dir, results, extra) -> dict | None` here and add it to SECTIONS as "bench"
+   (None where the run has nothing for the section; the template then says so or shows nothing);
+2. write templates/run/bench.html.j2, reading `bench` (import macros.html.j2 for tables, facts, figures);
+3. add `{% include "run/bench.html.j2" %}` to run.html.j2 where the section belongs on the page.
+
+A gatherer returns plain values (numbers stay numbers, so tables sort them); the template words them.
+"""
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cnn_train.reports import page as h
-from cnn_train.reports.rundata import command, number, read_metrics, resolved_config
+from cnn_train.reports.page import figure
+from cnn_train.reports.rundata import command, number, read_json, read_metrics, resolved_config
 
 SPEED = ("precision", "channels_last", "compile", "threads", "processes", "tta")
 # Training settings results.json records when the run used them (shown only where present and set).
 TRAINING = ("epochs_run", "stop_reason", "effective_batch_size", "ema_decay", "grad_clip_norm")
+Gatherer = Callable[[Path, dict[str, Any], dict[str, Any]], "dict[str, Any] | None"]
 
 
-def run_sections(run_dir: Path, results: dict[str, Any], extra: dict[str, Any]) -> list[str]:
-    return [
-        overview(results, extra),
-        curves(run_dir),
-        data(run_dir, extra),
-        test(run_dir, extra),
-        reproduce(run_dir),
-    ]
-
-
-def overview(results: dict[str, Any], extra: dict[str, Any]) -> str:
+def summary(run_dir: Path, results: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     anatomy = extra.get("anatomy", {})
-    size = "×".join(map(str, anatomy["input"])) if "input" in anatomy else ""
-    flops = anatomy.get("flops")
-    minutes, seconds = divmod(float(results["wall_seconds"]), 60)
-    items = [
-        ("model", results["model"]),
-        ("data", results["data"]),
-        ("test accuracy", results.get("test_acc")),
-        ("test loss", results.get("test_loss")),
-        ("best validation accuracy", results["best_val_acc"]),
-        ("best epoch", f"{results['best_epoch']} of {results['epochs']}"),
-        ("wall time", f"{int(minutes)} min {seconds:.1f} s"),
-        ("parameters", results["parameters"]),
-        ("trainable parameters", results["trainable_parameters"]),
-        (
-            "FLOPs per image (forward)",
-            h.si(flops) + (f" at {size}" if size else "") if flops else "not counted",
-        ),
-    ]
-    training = [(k.replace("_", " "), results[k]) for k in TRAINING if results.get(k) is not None]
-    if (budget := budget_spent(results)) is not None:
-        training.append(("time budget", budget))
-    speed = [(f"speed: {k}", results[k]) for k in SPEED if k in results]
-    numerics = ", ".join(f"{k} {v}" for k, v in results.get("inference", {}).items())
-    return h.section("Summary", h.facts([*items, *training, *speed, ("inference numerics", numerics)]))
+    shown = ("model", "data", "test_acc", "test_loss", "best_val_acc", "best_epoch", "epochs", "wall_seconds",
+             "parameters", "trainable_parameters")  # fmt: skip
+    return {
+        **{k: results.get(k) for k in shown},
+        "flops": anatomy.get("flops"),
+        "input": anatomy.get("input"),
+        "training": {k: results[k] for k in TRAINING if results.get(k) is not None},
+        "speed": {k: results[k] for k in SPEED if k in results},
+        "inference": ", ".join(f"{k} {v}" for k, v in results.get("inference", {}).items()),
+    }
 
 
-def budget_spent(results: dict[str, Any]) -> str | None:
+def budget(run_dir: Path, results: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any] | None:
     """How a budgeted run spent its time, and the overrides that replay it (results.json's budget, replay)."""
     if not (b := results.get("budget")):
         return None
-    replans = len(b["plan"]) - 1
-    last_lr = f"{b['last_lr']:.3g}" if b["last_lr"] is not None else "—"
-    return (
-        f"{b['seconds']:.0f} s, {b['used_seconds']:.0f} s used: {b['startup_seconds']} s start-up, "
-        f"{results['epochs_run']} of {b['planned_epochs']} planned epochs at {b['seconds_per_epoch']} s each "
-        f"({replans} re-plan{'s' if replans != 1 else ''}), the test pass ~{b['test_seconds_estimate']} s; "
-        f"lr at the last step {last_lr}. Replay without a budget: cnn-train … {results['replay']}"
-    )
+    return {
+        **b,
+        "epochs_run": results["epochs_run"],
+        "replans": len(b["plan"]) - 1,
+        "replay": results["replay"],
+    }
 
 
-def curves(run_dir: Path) -> str:
+def curves(run_dir: Path, results: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     rows = read_metrics(run_dir)
     headers = list(rows[0]) if rows else []
-    table = h.table(headers, [[number(r[k]) for k in headers] for r in rows]) if rows else ""
-    return h.section(
-        "Training curves", h.figure(run_dir / "curves.png", "loss and accuracy per epoch"),
-        "<h3>Per epoch (metrics.csv)</h3>", table or h.note("metrics.csv is missing"),
-    )  # fmt: skip
+    return {
+        "figure": figure(run_dir / "curves.png", "loss and accuracy per epoch"),
+        "headers": headers,
+        "rows": [[number(r[k]) for k in headers] for r in rows],
+    }
 
 
-def data(run_dir: Path, extra: dict[str, Any]) -> str:
+def data(run_dir: Path, results: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     """data_check.json (cnn-data) when the run dir has one, else the class counts the run recorded."""
-    parts = []
-    check = run_dir / "data_check.json"
-    counts = extra.get("class_counts", {})
-    if check.is_file():
-        report = json.loads(check.read_text())
-        summary = report.get("summary", {})
-        parts += ["<h3>Data check (data_check.json)</h3>", h.facts((str(k), v) for k, v in summary.items())]
-        counts = report.get("class_counts", counts)
-    if counts:
-        splits = list(counts)
-        classes = list(dict.fromkeys(c for split in counts.values() for c in split))
-        rows = [[c, *(counts[s].get(c) for s in splits)] for c in classes]
-        total = ["total", *(sum(counts[s].values()) for s in splits)]
-        parts += ["<h3>Images per class</h3>", h.table(["class", *splits], rows, foot=total)]
-    else:
-        parts.append(h.note("no class counts recorded"))
-    parts.append(h.figure(run_dir / "samples.png", "first training images after augmentation"))
-    return h.section("Data", *parts)
+    check = read_json(run_dir / "data_check.json") if (run_dir / "data_check.json").is_file() else None
+    counts = (check or {}).get("class_counts", extra.get("class_counts", {}))
+    splits = list(counts)
+    classes = list(dict.fromkeys(c for split in counts.values() for c in split))
+    return {
+        "check": {str(k): v for k, v in check.get("summary", {}).items()} if check is not None else None,
+        "splits": splits,
+        "rows": [[c, *(counts[s].get(c) for s in splits)] for c in classes],
+        "total": ["total", *(sum(counts[s].values()) for s in splits)],
+        "samples": figure(run_dir / "samples.png", "first training images after augmentation"),
+    }
 
 
-def test(run_dir: Path, extra: dict[str, Any]) -> str:
-    """Confusion matrix, per-class table and the misclassified grid (with CAMs when cam.py drew them)."""
+def test_set(run_dir: Path, results: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any] | None:
+    """Confusion matrix, per-class metrics and the misclassified grid (with CAMs when cam.py drew them)."""
     result = extra.get("test")
     if not result:
-        return h.section("Test set", h.note("no test predictions recorded (no test split, or an older run)"))
-    rows = [[r["class"], r["precision"], r["recall"], r["f1"], r["support"]] for r in result["per_class"]]
+        return None
     cam = run_dir / "misclassified_cam.png"
     grid = cam if cam.is_file() else run_dir / "misclassified.png"
     caption = "misclassified test images" + (" with class activation maps" if cam.is_file() else "")
-    return h.section(
-        "Test set",
-        f"<p>{result['images']:,} test images, accuracy {result['accuracy']:.4f}.</p>",
-        h.figure(run_dir / "confusion_matrix.png", "confusion matrix (rows: true class, columns: predicted)"),
-        "<h3>Per class</h3>",
-        h.table(["class", "precision", "recall", "F1", "support"], rows),
-        "<h3>Misclassified</h3>",
-        h.figure(grid, caption) if grid.is_file() else h.note("no misclassified images among those kept"),
-    )
+    return {
+        "images": result["images"],
+        "accuracy": result["accuracy"],
+        "per_class": result["per_class"],
+        "confusion": figure(run_dir / "confusion_matrix.png",
+                            "confusion matrix (rows: true class, columns: predicted)"),
+        "misclassified": figure(grid, caption) if grid.is_file() else None,
+    }  # fmt: skip
 
 
-def reproduce(run_dir: Path) -> str:
-    config = resolved_config(run_dir)
-    return h.section(
-        "Reproduce",
-        "<p>The command (run from the folder it was run in):</p>",
-        h.pre(command(run_dir)),
-        f"<details><summary>Resolved config</summary>{h.pre(config)}</details>",
-    )
+def reproduce(run_dir: Path, results: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    return {"command": command(run_dir), "config": resolved_config(run_dir)}
+
+
+SECTIONS: dict[str, Gatherer] = {
+    "summary": summary,
+    "budget": budget,
+    "curves": curves,
+    "data": data,
+    "test_set": test_set,
+    "reproduce": reproduce,
+}
+
+
+def gather(run_dir: Path, results: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """The context of run.html.j2: every section's data under its key."""
+    return {key: build(run_dir, results, extra) for key, build in SECTIONS.items()}

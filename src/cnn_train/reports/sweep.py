@@ -5,7 +5,7 @@ for a k-fold sweep (`data.fold=range(K)`), each metric's mean and standard devia
 every job's validation curve on one plot, and for an Optuna search the parameter importances and the trials'
 objective in trial order. Everything comes from the job folders and multirun.yaml, so `cnn-report SWEEP_DIR`
 rebuilds it at any time; the Optuna study is rebuilt from the jobs' overrides and results (the sweeper keeps
-it only in memory unless given a storage).
+it only in memory unless given a storage). `gather` builds the data; templates/sweep.html.j2 lays it out.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from typing import Any
 import yaml
 
 from cnn_train.analysis import plots
-from cnn_train.reports import page as h
+from cnn_train.reports.optuna import optuna_data
+from cnn_train.reports.page import figure, render
 from cnn_train.reports.rundata import read_metrics
 from cnn_train.runtime import files
 
@@ -36,8 +37,6 @@ SUMMARY_FIELDS = [
     "error",
 ]
 FOLD_METRICS = ("best_val_acc", "test_acc", "wall_seconds")  # averaged over the folds of a k-fold sweep
-COLUMNS = ["job", "overrides", "status", "best", "best_val_acc", "test_acc", "parameters", "FLOPs", "seconds",
-           "images/s"]  # fmt: skip
 
 
 def collect(sweep_dir: Path, metric: str = "best_val_acc") -> list[dict[str, Any]]:
@@ -52,6 +51,7 @@ def collect(sweep_dir: Path, metric: str = "best_val_acc") -> list[dict[str, Any
         if results_file.is_file():
             results = json.loads(results_file.read_text())
             row.update(status="ok", best_val_acc=results["best_val_acc"], test_acc=results["test_acc"])
+            row["error"] = None
             row.update(wall_seconds=results["wall_seconds"], metric=results.get(metric))
         else:
             error = job / "error.txt"
@@ -83,7 +83,7 @@ def fold_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ok = [r for r in members if r["status"] == "ok"]
         swept = " ".join(w for w in members[0]["swept"].split() if not w.startswith("data.fold="))
         for stat in ("mean", "std"):
-            row: dict[str, Any] = {"job": stat, "overrides": key, "swept": swept, "best": "",
+            row: dict[str, Any] = {"job": stat, "overrides": key, "swept": swept, "best": "", "error": None,
                                    "status": f"{len(ok)} of {len(members)} folds"}  # fmt: skip
             for k in FOLD_METRICS:
                 values = [float(r[k]) for r in ok if isinstance(r.get(k), (int, float))]
@@ -93,7 +93,8 @@ def fold_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     if enough
                     else None
                 )
-            row["seconds"] = row["wall_seconds"]
+            row.update(seconds=row["wall_seconds"], parameters=None, FLOPs=None)
+            row["images/s"] = None
             out.append(row)
     return out
 
@@ -141,63 +142,49 @@ def job_rows(sweep_dir: Path, metric: str) -> list[dict[str, Any]]:
     return rows
 
 
-def leaderboard(rows: list[dict[str, Any]]) -> str:
-    """One row per job; `overrides` shows what sets the job apart (what all share is said once above)."""
-
-    def shown(r: dict[str, Any], k: str) -> Any:
-        value = r.get(k)
-        if value is None:
-            return None
-        if k == "FLOPs":
-            return (value, h.si(value))
-        if k in ("seconds", "images/s"):
-            return (value, f"{value:,.1f}")
-        if k == "status" and r.get("error"):
-            return f"failed: {r['error']}"
-        return r["swept"] or r["overrides"] if k == "overrides" else value
-
-    common = [o for o in rows[0]["overrides"].split() if o not in rows[0]["swept"].split()] if rows else []
-    shared = f"<p>Every job also had: <code>{h.esc(' '.join(common))}</code></p>" if common else ""
-    return shared + h.table(COLUMNS, [[shown(r, k) for k in COLUMNS] for r in rows])
+def shared_overrides(rows: list[dict[str, Any]]) -> list[str]:
+    """The overrides every job had (said once above the leaderboard instead of in every row)."""
+    return [o for o in rows[0]["overrides"].split() if o not in rows[0]["swept"].split()] if rows else []
 
 
-def curves(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
+def curves(sweep_dir: Path, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """val_curves.png: every job's validation accuracy per epoch on one plot (None: no job has an epoch)."""
     series = {f"{r['job']}: {r['swept'] or r['overrides']}"[:60]: r["curve"] for r in rows if r["curve"][0]}
     if not series:
-        return h.note("no job finished an epoch")
+        return None
     plots.plot_lines(series, "epoch", "validation accuracy", sweep_dir / "val_curves.png")
-    return h.figure(sweep_dir / "val_curves.png", "validation accuracy per epoch, every job")
+    return figure(sweep_dir / "val_curves.png", "validation accuracy per epoch, every job")
 
 
-def write_sweep_report(sweep_dir: Path, metric: str | None = None) -> Path:
-    """Render <sweep dir>/report.html (and the figures it embeds) from the job folders."""
-    from cnn_train.reports.optuna import optuna_section
-
+def gather(sweep_dir: Path, metric: str | None = None) -> dict[str, Any]:
+    """The context of sweep.html.j2 (and the figures it embeds), from the job folders."""
     config = sweep_config(sweep_dir)
     metric = metric or str(config.get("optimized_metric", "best_val_acc"))
     rows = job_rows(sweep_dir, metric)
-    ok = [r for r in rows if r["status"] == "ok"]
-    best = next((r for r in rows if r["best"]), None)
-    sub = f"{len(rows)} jobs, {len(ok)} finished · {sweep_dir.resolve()}"
-    lead = (
-        f"<p>Best by {h.esc(metric)}: job {h.esc(best['job'])} ({h.esc(best['swept'] or best['overrides'])}), "
-        f"{h.esc(metric)} {h.fmt(best['metric'])}. Click a column header to sort.</p>"
-        if best
-        else h.note("no job finished")
-    )
-    sections = [
-        h.section("Leaderboard", lead, leaderboard(rows + fold_rows(rows))),
-        h.section("Validation curves", curves(sweep_dir, rows)),
-    ]
+    context: dict[str, Any] = {
+        "sweep_dir": sweep_dir.resolve(),
+        "metric": metric,
+        "jobs": rows + fold_rows(rows),  # k-fold sweeps: mean and std rows after the folds
+        "finished": sum(r["status"] == "ok" for r in rows),
+        "best": next((r for r in rows if r["best"]), None),
+        "shared": shared_overrides(rows),
+        "curves": curves(sweep_dir, rows),
+        "optuna": None,
+    }
     sweeper = (config.get("hydra") or {}).get("sweeper") or {}
     if "optuna" in str(sweeper.get("_target_", "")):
         try:
-            sections.append(optuna_section(sweep_dir, sweeper, rows))
+            context["optuna"] = optuna_data(sweep_dir, sweeper, rows)
         except Exception as e:  # the leaderboard stands on its own
             log.warning("Optuna section of the sweep report not written: %s", e)
-            sections.append(h.section("Optuna search", h.note(f"could not be rebuilt: {e}")))
+            context["optuna"] = {"error": str(e)}
+    return context
+
+
+def write_sweep_report(sweep_dir: Path, metric: str | None = None) -> Path:
+    """Render <sweep dir>/report.html (templates/sweep.html.j2) from the job folders."""
     path = sweep_dir / "report.html"
-    files.write_text(path, h.page("Sweep report", sub, sections))
+    files.write_text(path, render("sweep.html.j2", **gather(sweep_dir, metric)))
     return path
 
 
