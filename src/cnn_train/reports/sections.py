@@ -7,7 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from cnn_train.reports import page as h
-from cnn_train.reports.rundata import command, number, read_metrics, resolved_config
+from cnn_train.reports.rundata import (
+    BENCH_COLUMNS,
+    bench_rows,
+    command,
+    number,
+    read_metrics,
+    resolved_config,
+)
 
 SPEED = ("precision", "channels_last", "compile", "threads", "processes", "tta")
 # Training settings results.json records when the run used them (shown only where present and set).
@@ -20,6 +27,7 @@ def run_sections(run_dir: Path, results: dict[str, Any], extra: dict[str, Any]) 
         curves(run_dir),
         data(run_dir, extra),
         test(run_dir, extra),
+        *([bench(run_dir)] if (run_dir / "bench.json").is_file() else []),
         reproduce(run_dir),
     ]
 
@@ -99,6 +107,16 @@ def test(run_dir: Path, extra: dict[str, Any]) -> str:
         h.table(["class", "precision", "recall", "F1", "support"], rows),
         "<h3>Misclassified</h3>",
         h.figure(grid, caption) if grid.is_file() else h.note("no misclassified images among those kept"),
+    )
+
+
+def bench(run_dir: Path) -> str:
+    """cnn-bench's table: the formats the best checkpoint ships as, on the CPU it was measured on."""
+    where, rows = bench_rows(run_dir)
+    return h.section(
+        "Formats (cnn-bench)",
+        f"<p>best.pt in every format, measured on {h.esc(where)} (bench.json).</p>",
+        h.table(list(BENCH_COLUMNS), rows),
     )
 
 
