@@ -58,6 +58,15 @@ class EarlyStoppingConfig:
 
 
 @dataclass
+class DistillConfig:
+    teacher: str | None = (
+        None  # a trained best.pt the student also learns from (its softened outputs); null = off
+    )
+    alpha: float = 0.5  # weight of the teacher's term alpha·T²·KL; the labels' cross-entropy gets 1 − alpha
+    temperature: float = 4.0  # T: both networks' logits are divided by it before the softmax
+
+
+@dataclass
 class TrainerConfig:
     max_epochs: int = 10  # passes over the training split
     device: str = "auto"  # auto | cpu | cuda | mps (auto: cuda, then mps, then cpu)
@@ -83,6 +92,7 @@ class TrainerConfig:
     decay_norm_and_bias: bool = False  # also weight-decay normalisation weights and biases (off: timm's rule)
     class_weights: str | None = None  # null | balanced: inverse-frequency class weights in the training loss
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)  # knowledge distillation from a teacher
     max_time: str | None = None  # time budget from the start: 600, 90s, 10m, 1h30m; then best.pt is tested
     report: bool = True  # write report.html (curves, confusion matrix, CAMs of mistakes) when the run ends
     lr_find: bool = False  # run the lr range test (cnn-lrfind) first and train at its suggested optimizer.lr

@@ -53,6 +53,11 @@ def overview(results: dict[str, Any], extra: dict[str, Any]) -> str:
         ),
     ]
     training = [(k.replace("_", " "), results[k]) for k in TRAINING if results.get(k) is not None]
+    if d := results.get("distill"):
+        acc = d.get("teacher_test_acc")
+        shown = f", test accuracy {acc:.4f} on this run's test split" if isinstance(acc, float) else ""
+        training.append(("distilled from", f"{d['teacher_model']} ({d['teacher']}){shown}; "
+                                           f"alpha {d['alpha']:g}, temperature {d['temperature']:g}"))  # fmt: skip
     speed = [(f"speed: {k}", results[k]) for k in SPEED if k in results]
     numerics = ", ".join(f"{k} {v}" for k, v in results.get("inference", {}).items())
     return h.section("Summary", h.facts([*items, *training, *speed, ("inference numerics", numerics)]))
