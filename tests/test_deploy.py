@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from cnn_train.analysis.quantization import check_drop, export_int8
+from cnn_train.cli import bench as bench_cli
 from cnn_train.cli import tools
 from cnn_train.config import BENCH_FORMATS
 from cnn_train.data.datasets import read_idx
@@ -174,6 +175,37 @@ def test_bench_has_every_format_and_cnn_evals_accuracies(
         assert records["pytorch_cuda"]["skipped"] == "no CUDA device"
     html = (trained.parent / "report.html").read_text()
     assert "Formats (cnn-bench)" in html and "onnx_int8" in html
+
+
+def test_cnn_eval_and_cnn_bench_take_the_onnx_file(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the bench's threads=1: the same kernels, the same sums
+    try:
+        for name in ("best.pt", "best.onnx"):
+            args = (f"ckpt={tiny.parent / name}", f"output_dir={tmp_path / name}")
+            assert run_cli(tools.eval_main, *args, cwd=tmp_path, monkeypatch=monkeypatch) == 0
+        args = (f"ckpt={tiny}", "formats=[pytorch,onnx]", "threads=1", "latency_runs=2", "throughput_runs=2",
+                "warmup=0", f"output={tmp_path / 'bench.json'}")  # fmt: skip
+        assert run_cli(bench_cli.main, *args, cwd=tmp_path, monkeypatch=monkeypatch) == 0
+    finally:
+        torch.set_num_threads(threads)
+    evaluated = {
+        name: json.loads((tmp_path / name / "eval.json").read_text()) for name in ("best.pt", "best.onnx")
+    }
+    assert evaluated["best.onnx"]["inference"]["runtime"] == "onnxruntime"
+    assert evaluated["best.onnx"]["images"] == evaluated["best.pt"]["images"] == 100  # the whole test split
+    records = json.loads((tmp_path / "bench.json").read_text())["records"]
+    assert [r["format"] for r in records] == ["pytorch", "onnx"]
+    assert [r["file"] for r in records] == ["best.pt", "best.onnx"] and records[1]["runtime"].startswith(
+        "ONNX"
+    )
+    assert [r["accuracy"] for r in records] == [
+        evaluated["best.pt"]["accuracy"],
+        evaluated["best.onnx"]["accuracy"],
+    ]
+    assert not tiny.with_suffix(".int8.onnx").exists()  # only the formats asked for are made
 
 
 def test_onnx_predict_never_imports_torch(tiny: Path, images: Path) -> None:

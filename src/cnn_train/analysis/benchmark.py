@@ -72,15 +72,21 @@ def skip_reason(name: str) -> str | None:
     return None
 
 
-def exports(ckpt: Path, calibration_images: int, say: Callable[[str], None]) -> tuple[Path, Path]:
-    """The fp32 and int8 ONNX files next to the checkpoint, made (as cnn-export makes them) when missing or
-    older than the checkpoint. The int8 file is made without cnn-export's accuracy bound: the bench shows it."""
+def exports(
+    ckpt: Path, formats: list[str], calibration_images: int, say: Callable[[str], None]
+) -> tuple[Path, Path]:
+    """The fp32 and int8 ONNX files next to the checkpoint, those the formats need made (as cnn-export makes
+    them) when missing or older than the checkpoint. The int8 file is made without cnn-export's accuracy
+    bound: the bench shows what it costs."""
     fp32, int8 = ckpt.with_suffix(".onnx"), int8_path(ckpt)
     newer = ckpt.stat().st_mtime
-    if not int8.is_file() or int8.stat().st_mtime < newer:
+    if any(f.startswith("onnx_int8") for f in formats) and (
+        not int8.is_file() or int8.stat().st_mtime < newer
+    ):
         say(f"quantizing {ckpt.name} to {int8.name} on {calibration_images} training images")
-        export_int8(ckpt, int8, calibration_images, max_drop=None)
-    if not fp32.is_file() or fp32.stat().st_mtime < newer:
+        export_int8(ckpt, int8, calibration_images, max_drop=None)  # writes the fp32 file too
+    needs_fp32 = any(f in ("onnx", "onnx_cuda") for f in formats)
+    if needs_fp32 and (not fp32.is_file() or fp32.stat().st_mtime < newer):
         say(f"exporting {ckpt.name} to {fp32.name}")
         export(ckpt, "onnx")
     return fp32, int8
@@ -155,7 +161,7 @@ def bench(
 ) -> dict[str, Any]:  # fmt: skip
     """Every format of `ckpt` that this machine runs, measured; the others listed with the reason."""
     torch.set_num_threads(threads)
-    fp32, int8 = exports(ckpt, calibration_images, say) if any("onnx" in f for f in formats) else (ckpt, ckpt)
+    fp32, int8 = exports(ckpt, [f for f in formats if skip_reason(f) is None], calibration_images, say)
     art = open_artifact(ckpt, torch.device("cpu"))
     batches, _, _ = split_batches(art, None, "test", torch.device("cpu"), batch_size, 1)
     images, _ = next(iter(batches))
