@@ -101,7 +101,8 @@ def parse_overrides(schema: type, args: list[str]) -> DictConfig:
     """`key=value` arguments onto a schema's defaults, in Hydra's override grammar, without composing.
 
     For a command whose whole config is one schema (cnn-predict): the same values, types and one-line errors
-    as a Hydra app, without the half second Hydra spends composing it twice. Not for `+key`, `~key` or sweeps.
+    as a Hydra app, without Hydra's composition (it composes the config twice, and --help lists every config
+    group of every command). Not for `+key`, `~key` or sweeps.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import OverrideType

@@ -1,8 +1,8 @@
 """cnn-predict: classify images with a checkpoint (or an .onnx export) alone; no training config.
 
 Its config is one schema (PredictConfig), so the overrides are parsed onto it directly rather than composed by
-Hydra (half a second saved); every argument and file is checked before a framework is imported, so a mistake
-is answered at once; an .onnx export then runs on ONNX Runtime without importing torch at all.
+Hydra (which composes every config twice); every argument and file is checked before a framework is imported,
+so a mistake is answered at once; an .onnx export then runs on ONNX Runtime without importing torch at all.
 """
 
 from __future__ import annotations
