@@ -26,6 +26,7 @@ from cnn_train.config import BENCH_FORMATS
 from cnn_train.data.datasets import read_idx
 from cnn_train.inference.export import export
 from cnn_train.inference.onnx_session import OnnxSession
+from cnn_train.reports.rundata import BENCH_COLUMNS, bench_rows
 from cnn_train.runtime.cpu import cpu_name
 from cnn_train.runtime.errors import UserError
 from cnn_train.runtime.hardware import cpu_has_fast_bf16
@@ -206,6 +207,39 @@ def test_cnn_eval_and_cnn_bench_take_the_onnx_file(
         evaluated["best.onnx"]["accuracy"],
     ]
     assert not tiny.with_suffix(".int8.onnx").exists()  # only the formats asked for are made
+
+
+def test_bench_rows_for_the_report(tmp_path: Path) -> None:
+    """What the report's Formats section shows: one plain row per format, speed-ups against PyTorch fp32."""
+    cpu = "Some CPU (avx2)"
+    measured = {
+        "runtime": "r",
+        "latency_ms_median": 0.5,
+        "latency_ms_p90": 0.75,
+        "file_bytes": 2_500_000,
+        "cpu": cpu,
+    }
+    records = [
+        {**measured, "format": "pytorch", "precision": "fp32", "throughput_img_s": 100.0, "accuracy": 0.9},
+        {
+            **measured,
+            "format": "onnx_int8",
+            "precision": "int8",
+            "throughput_img_s": 350.0,
+            "accuracy": 0.8995,
+        },
+        {"format": "pytorch_cuda", "skipped": "no CUDA device", "cpu": cpu},
+    ]
+    (tmp_path / "bench.json").write_text(json.dumps({"cpu": cpu, "threads": 2, "records": records}))
+    where, rows = bench_rows(tmp_path)
+    assert (
+        where == "Some CPU (avx2), 2 threads"
+        and len(rows) == 3
+        and all(len(r) == len(BENCH_COLUMNS) for r in rows)
+    )
+    assert rows[0] == ["pytorch", "r", "fp32", 0.5, 0.75, 100, 1.0, 0.9, 2.5]
+    assert rows[1][5:7] == [350, 3.5] and rows[2][:2] == ["pytorch_cuda", "skipped: no CUDA device"]
+    assert bench_rows(tmp_path / "elsewhere") == ("", [])
 
 
 def test_onnx_predict_never_imports_torch(tiny: Path, images: Path) -> None:
