@@ -62,7 +62,7 @@ class DistillConfig:
     teacher: str | None = (
         None  # a trained best.pt the student also learns from (its softened outputs); null = off
     )
-    alpha: float = 0.5  # weight of the teacher's term alpha·T²·KL; the labels' cross-entropy gets 1 − alpha
+    alpha: float = 0.9  # weight of the teacher's term alpha·T²·KL; the labels' cross-entropy gets 1 − alpha
     temperature: float = 4.0  # T: both networks' logits are divided by it before the softmax
 
 
