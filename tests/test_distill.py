@@ -20,6 +20,8 @@ from cnn_train.training.fit import fit
 from cnn_train.training.session import build
 from tests.conftest import TINY, make_config
 
+# The student in the teacher's numerics (fp32, contiguous): a student starting from the teacher's weights then
+# computes the teacher's very logits. In bf16 it computes others by design (that is what bf16 means).
 EXACT = ["trainer.precision=32", "trainer.channels_last=false", "trainer.threads=1"]
 
 
