@@ -15,7 +15,8 @@ from cnn_train.analysis.cam import cam_dir, grad_cam, save_prediction_cams
 from cnn_train.cli import predict as predict_cli
 from cnn_train.cli import tools
 from cnn_train.data.datasets import read_idx
-from cnn_train.data.transforms import EvalTransform, Preprocess, read_image_tensor
+from cnn_train.data.images import EvalTransform
+from cnn_train.data.preprocess import Preprocess, read_image_tensor
 from cnn_train.inference import checkpoint
 from cnn_train.models import build_model, list_models, min_image_size
 from cnn_train.runtime.errors import UserError

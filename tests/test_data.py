@@ -11,8 +11,10 @@ import torch
 from PIL import Image
 
 from cnn_train.data.datasets import TensorSplit, load_dataset, read_idx
+from cnn_train.data.images import EvalTransform, load_image
 from cnn_train.data.loaders import Batches
-from cnn_train.data.transforms import EvalTransform, RandomCropFlip, load_image, read_image_tensor
+from cnn_train.data.preprocess import read_image_tensor
+from cnn_train.data.transforms import RandomCropFlip
 from cnn_train.runtime.errors import UserError
 from tests.conftest import CIFAR_CLASSES, write_idx
 

@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from cnn_train.data.transforms import EvalTransform, read_image_tensor
+from cnn_train.data.images import EvalTransform
+from cnn_train.data.preprocess import read_image_tensor
 from cnn_train.runtime.errors import UserError
 
 SPECS = [EvalTransform(16, 1, (0.5,), (0.5,)), EvalTransform(16, 3, (0.5,) * 3, (0.5,) * 3)]

@@ -16,10 +16,10 @@ from PIL import Image
 from cnn_train.analysis.datacheck import check_dataset
 from cnn_train.analysis.evaluation import evaluate_checkpoint
 from cnn_train.data.datasets import FileSplit, TensorSplit, load_from_config
+from cnn_train.data.images import EvalTransform
 from cnn_train.data.labels import sampler_weights, stratified_folds
 from cnn_train.data.loaders import Batches, cache_split
 from cnn_train.data.table import LabelFile
-from cnn_train.data.transforms import EvalTransform
 from cnn_train.inference import checkpoint
 from cnn_train.runtime.errors import Interrupted, UserError
 from cnn_train.training.fit import check_config, fit

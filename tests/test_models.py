@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 from torch import nn
 
-from cnn_train.models import build_model, list_models, min_image_size, register_model
+from cnn_train.models import build_model, list_models, min_image_size, register_model, registry
 from cnn_train.runtime.errors import UserError
 
 SHAPES = [(1, 28), (3, 32), (3, 224)]  # Fashion-MNIST, CIFAR-10, ImageNet-sized photos
@@ -34,6 +36,17 @@ def test_registry_lists_every_family() -> None:
         "resnet50", "resnet101", "resnext50_32x4d", "mobilenet_v2", "mobilenet_v3_small",
     }  # fmt: skip
     assert expected <= set(list_models())
+
+
+def test_each_family_registers_what_the_table_names() -> None:
+    """BUILT_IN answers names and least sides without importing a family; building one imports its module."""
+    build_model("lenet", num_classes=3, in_channels=1, image_size=28)
+    assert registry._MODELS["lenet"].__module__ == "cnn_train.models.lenet"
+    for module in {m for m, _ in registry.BUILT_IN.values()}:
+        importlib.import_module(f"cnn_train.models.{module}")
+    assert set(registry._MODELS) >= set(registry.BUILT_IN)
+    for name, (module, _) in registry.BUILT_IN.items():
+        assert registry._MODELS[name].__module__ == f"cnn_train.models.{module}", name
 
 
 def test_unknown_model_lists_choices() -> None:

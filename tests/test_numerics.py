@@ -16,7 +16,7 @@ from PIL import Image
 from cnn_train.analysis.evaluation import evaluate_checkpoint
 from cnn_train.data.datasets import read_idx
 from cnn_train.data.loaders import Batches
-from cnn_train.data.transforms import Preprocess
+from cnn_train.data.preprocess import Preprocess
 from cnn_train.inference import checkpoint
 from cnn_train.inference.export import export
 from cnn_train.inference.predict import predict

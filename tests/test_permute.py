@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from cnn_train.data.datasets import read_idx
-from cnn_train.data.transforms import Preprocess
+from cnn_train.data.preprocess import Preprocess
 from cnn_train.inference import checkpoint
 from cnn_train.inference.infer import infer
 from cnn_train.inference.predict import predict

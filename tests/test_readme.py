@@ -26,7 +26,8 @@ README_LIMIT = 10 * 1024  # bytes: the front door fits on a screen; the rest liv
 CONFIG_OF = {f"cnn-{name}": name for name in ("train", "predict", "eval", "export", "summary")}
 CONFIG_OF["cnn-lrfind"] = "train"  # the range test takes every cnn-train override
 CONFIG_OF["cnn-data"] = "data_check"
-NOT_COMPOSED = {"cnn-report", "cnn-bench"}  # they take a path (cnn-report DIR) or a checkpoint, no config
+CONFIG_OF["cnn-bench"] = "bench"
+NOT_COMPOSED = {"cnn-report"}  # it takes a directory, no config
 NEEDS_FILES = ("img=", "ckpt=")  # a real image or checkpoint: the end-to-end tests run those
 TRAIN_KEYS = "|".join(f.name for f in dataclasses.fields(TrainConfig))
 

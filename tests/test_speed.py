@@ -16,8 +16,9 @@ from omegaconf import OmegaConf
 from cnn_train.analysis.anatomy import summarize
 from cnn_train.config import TrainerConfig
 from cnn_train.data.datasets import load_dataset
+from cnn_train.data.images import EvalTransform
 from cnn_train.data.loaders import Batches
-from cnn_train.data.transforms import EvalTransform, Preprocess
+from cnn_train.data.preprocess import Preprocess
 from cnn_train.inference.infer import infer
 from cnn_train.models import build_model
 from cnn_train.runtime.errors import UserError

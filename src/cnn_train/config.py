@@ -70,6 +70,15 @@ class EarlyStoppingConfig:
 
 
 @dataclass
+class DistillConfig:
+    teacher: str | None = (
+        None  # a trained best.pt the student also learns from (its softened outputs); null = off
+    )
+    alpha: float = 0.9  # weight of the teacher's term alpha·T²·KL; the labels' cross-entropy gets 1 − alpha
+    temperature: float = 4.0  # T: both networks' logits are divided by it before the softmax
+
+
+@dataclass
 class TrainerConfig:
     max_epochs: int = 10  # passes over the training split
     device: str = "auto"  # auto | cpu | cuda | mps (auto: cuda, then mps, then cpu)
@@ -95,6 +104,7 @@ class TrainerConfig:
     decay_norm_and_bias: bool = False  # also weight-decay normalisation weights and biases (off: timm's rule)
     class_weights: str | None = None  # null | balanced: inverse-frequency class weights in the training loss
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)  # knowledge distillation from a teacher
     max_time: str | None = None  # hard stop from the start: 600, 90s, 10m, 1h30m; then best.pt is tested
     budget: str | None = None  # train about this long (90s, 10m): epochs fitted, the schedule ends on time
     plan: list[list[int]] | None = None  # [[after_epoch, epochs], ...]: a budgeted run's lengths, replayed
@@ -160,6 +170,43 @@ class ExportConfig:
     format: str = "onnx"  # onnx | torchscript
     output: str | None = None  # file to write; null = next to the checkpoint (.onnx / .ts)
     tolerance: float = 1.0e-3  # fail when outputs differ from PyTorch by more than this
+    quantize: str | None = (
+        None  # null | int8: also write <name>.int8.onnx (ONNX Runtime static, QDQ; format=onnx)
+    )
+    calibration_images: int = 512  # with quantize=int8: training images (drawn at random) that set the scales
+    max_accuracy_drop: float = (
+        1.0  # with quantize=int8: refuse the file if its accuracy is this many points lower
+    )
+
+
+# cnn-bench's formats: PyTorch eager fp32 and bf16 autocast, ONNX Runtime fp32 and int8 (QDQ); on CUDA too.
+BENCH_FORMATS = (
+    "pytorch",
+    "pytorch_bf16",
+    "onnx",
+    "onnx_int8",
+    "pytorch_cuda",
+    "pytorch_bf16_cuda",
+    "onnx_cuda",
+)
+
+
+@dataclass
+class BenchConfig:
+    """cnn-bench: a checkpoint in every format it runs in: batch-1 latency, throughput, accuracy, file size."""
+
+    ckpt: str | None = None  # the checkpoint (.pt); null = the newest best.pt under output_root
+    formats: list[str] | None = None  # null = every one in BENCH_FORMATS this machine runs (others: skipped)
+    threads: Any = "auto"  # CPU threads for every format: auto (the physical cores) | a whole number
+    batch_size: int = 64  # the throughput batch (real test images)
+    latency_runs: int = 200  # timed batch-1 passes per format (median and 90th percentile)
+    throughput_runs: int = 20  # timed full batches per format (images/s at the median)
+    warmup: int = 20  # untimed batch-1 passes first (a quarter as many full batches)
+    accuracy: bool = True  # also score each format on the test split, as cnn-eval does
+    limit_batches: int | None = None  # score at most this many test batches (the accuracy is then partial)
+    calibration_images: int = 512  # for the int8 file when it is missing (made as cnn-export quantize=int8)
+    output: str | None = None  # bench.json; null = <checkpoint dir>/bench.json (then report.html shows it)
+    output_root: str = "outputs"  # where to look for the newest best.pt
 
 
 @dataclass
@@ -189,6 +236,7 @@ SCHEMAS = {
     "predict_schema": PredictConfig,
     "eval_schema": EvalConfig,
     "export_schema": ExportConfig,
+    "bench_schema": BenchConfig,
     "summary_schema": SummaryConfig,
     "data_check_schema": DataCheckConfig,
 }

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnn_train.analysis.plots import save_png, subplots
-from cnn_train.data.transforms import Preprocess, read_image_tensor
+from cnn_train.data.preprocess import Preprocess, read_image_tensor
 from cnn_train.inference import checkpoint
 from cnn_train.inference.infer import infer
 from cnn_train.inference.predict import Prediction

@@ -1,18 +1,25 @@
-"""cnn-eval's work: a checkpoint on a data split, as numbers (eval.json) and figures (PNG)."""
+"""cnn-eval's work: a checkpoint or an ONNX export on a data split, as numbers (eval.json) and figures (PNG).
+
+`score` is the one pass over a split that cnn-eval, the int8 export's accuracy check and cnn-bench share, so
+the accuracies they report for the same file and batch size are the same number.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from cnn_train.analysis import plots
-from cnn_train.analysis.cam import save_cam_grid
 from cnn_train.config import TrainerConfig, with_defaults
+from cnn_train.data.datasets import Split
 from cnn_train.data.loaders import Batches
-from cnn_train.data.transforms import Preprocess
+from cnn_train.data.preprocess import Preprocess
 from cnn_train.inference import checkpoint
+from cnn_train.inference.artifact import Artifact, open_artifact
 from cnn_train.inference.infer import INFERENCE, infer
 from cnn_train.runtime import files
 from cnn_train.runtime.errors import UserError
@@ -33,6 +40,76 @@ def per_class(confusion: torch.Tensor, classes: list[str]) -> list[dict[str, Any
     ]
 
 
+@dataclass
+class Scores:
+    """A split's confusion matrix, top-5 hits and summed loss, and the first misclassified images."""
+
+    confusion: torch.Tensor
+    top5_hits: int = 0
+    seen: int = 0
+    loss_sum: float = 0.0
+    wrong_raw: list[torch.Tensor] = field(default_factory=list)  # uint8 images, as loaded
+    wrong_pred: list[torch.Tensor] = field(default_factory=list)
+    wrong_true: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def accuracy(self) -> float:
+        return self.confusion.diag().sum().item() / max(self.seen, 1)
+
+    @property
+    def n_wrong(self) -> int:
+        return sum(len(x) for x in self.wrong_raw)
+
+
+def score(
+    model: Any, preprocess: Preprocess, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], n_classes: int,
+    tta: bool = False, max_shown: int = 32,
+) -> Scores:  # fmt: skip
+    """Every batch through `inference.infer`: the counts cnn-eval reports, for any network it can run."""
+    k = n_classes
+    scores = Scores(torch.zeros(k, k, dtype=torch.long))
+    loss_sum = None  # summed on the device as engine.evaluate sums it: the run's test_loss, exactly
+    for x, y in batches:
+        logits = infer(model, preprocess, x, tta=tta)
+        pred = logits.argmax(1)
+        batch_loss = torch.nn.functional.cross_entropy(logits, y, reduction="sum")
+        loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
+        scores.confusion += torch.bincount((y * k + pred).cpu(), minlength=k * k).view(k, k)
+        scores.top5_hits += (logits.topk(min(5, k), dim=1).indices == y[:, None]).any(1).sum().item()
+        scores.seen += len(y)
+        wrong = (pred != y).nonzero().flatten()[: max_shown - scores.n_wrong]
+        if len(wrong):
+            scores.wrong_raw.append(x[wrong])
+            scores.wrong_pred.append(pred[wrong])
+            scores.wrong_true.append(y[wrong])
+    scores.loss_sum = 0.0 if loss_sum is None else loss_sum.double().item()
+    return scores
+
+
+def split_batches(
+    art: Artifact, data: dict[str, Any] | None, split: str, device: torch.device, batch_size: int | None,
+    limit_batches: int | None = None,
+) -> tuple[Batches, dict[str, Any], int]:  # fmt: skip
+    """The batches of `split` (of the file's own data, or `data`), the data config and the batch size.
+
+    `batch_size` None: the batch size the file was trained (and tested) with, so that the test accuracy in
+    its results.json is reproduced to the last digit.
+    """
+    if data is None and "data" not in art.config:
+        raise UserError(f"{art.path}: records no training data (an older export); give data=<choice>")
+    cfg = data or art.config["data"]
+    batch_size = batch_size or int(cfg.get("batch_size", 128))
+    dataset = checkpoint.dataset({"config": art.config}, cfg)
+    if len(dataset.classes) != len(art.classes):
+        raise UserError(
+            f"data: {cfg['name']} has {len(dataset.classes)} classes, the checkpoint {len(art.classes)}"
+        )
+    chosen: Split | None = dataset.test if split == "test" else dataset.val
+    if chosen is None:
+        raise UserError(f"split: {cfg['name']} at {cfg['root']} has no test split; use split=val")
+    return Batches(chosen, art.spec, batch_size, device, limit=limit_batches), cfg, batch_size
+
+
 def evaluate_checkpoint(
     ckpt: str | Path,
     out_dir: str | Path,
@@ -47,65 +124,39 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Accuracy, top-5, per-class metrics and the confusion matrix; writes eval.json and two figures.
 
-    `batch_size` None: the batch size the checkpoint was trained (and tested) with, and `tta` None: the run's
-    own `trainer.tta`, so that the test accuracy in its results.json is reproduced to the last digit. `cam`
-    also draws misclassified_cam.png: the misclassified images under the Grad-CAM of the class they were
-    mistaken for.
+    `ckpt` is a .pt checkpoint or an .onnx export (run on ONNX Runtime). `tta` None: the run's own
+    `trainer.tta`, so that (with the batch size it was tested at) its results.json's test accuracy is
+    reproduced to the last digit. `cam` also draws misclassified_cam.png: the misclassified images under the
+    Grad-CAM of the class they were mistaken for.
     """
     device = device or torch.device("cpu")
-    payload = checkpoint.load(ckpt)
-    model = checkpoint.inference_model(payload, device, ckpt)
-    batch_size = batch_size or int(payload["config"]["data"]["batch_size"])
+    if cam and Path(ckpt).suffix == ".onnx":
+        raise UserError(f"cam: {ckpt} is an ONNX export; Grad-CAM needs the PyTorch checkpoint's gradients")
+    art = open_artifact(ckpt, device)
     if tta is None:
-        tta = bool(with_defaults(TrainerConfig, payload["config"]["trainer"]).tta)
-    spec = checkpoint.eval_transform(payload)
-    classes: list[str] = payload["classes"]
-    cfg = data or payload["config"]["data"]
-    dataset = checkpoint.dataset(payload, cfg)
-    if len(dataset.classes) != len(classes):
-        raise UserError(
-            f"data: {cfg['name']} has {len(dataset.classes)} classes, the checkpoint {len(classes)}"
-        )
-    chosen = dataset.test if split == "test" else dataset.val
-    if chosen is None:
-        raise UserError(f"split: {cfg['name']} at {cfg['root']} has no test split; use split=val")
-    preprocess = Preprocess(spec).to(device)
-    k = len(classes)
-    confusion = torch.zeros(k, k, dtype=torch.long)
-    top5_hits, seen = 0, 0
-    loss_sum = torch.zeros(
-        (), device=device
-    )  # summed as engine.evaluate sums it: the run's test_loss, exactly
-    wrong_images, wrong_titles, wrong_raw, wrong_pred = [], [], [], []
-    for x, y in Batches(chosen, spec, batch_size, device, limit=limit_batches):
-        logits = infer(model, preprocess, x, tta=tta)
-        pred = logits.argmax(1)
-        loss_sum += torch.nn.functional.cross_entropy(logits, y, reduction="sum")
-        confusion += torch.bincount((y * k + pred).cpu(), minlength=k * k).view(k, k)
-        top5_hits += (logits.topk(min(5, k), dim=1).indices == y[:, None]).any(1).sum().item()
-        seen += len(y)
-        wrong = (pred != y).nonzero().flatten()[: max_shown - len(wrong_images)]
-        if len(wrong):
-            wrong_images.extend(preprocess.unit(x[wrong]).cpu())
-            wrong_raw.append(x[wrong])
-            wrong_pred.append(pred[wrong])
-            wrong_titles.extend(
-                f"true {classes[t]}\npred {classes[p]}"
-                for t, p in zip(y[wrong].tolist(), pred[wrong].tolist(), strict=True)
-            )
-    out = Path(out_dir)
+        tta = bool(with_defaults(TrainerConfig, art.config.get("trainer", {})).tta)
+    batches, cfg, batch_size = split_batches(art, data, split, device, batch_size, limit_batches)
+    preprocess = Preprocess(art.spec).to(device)
+    scores = score(art.model, preprocess, batches, len(art.classes), tta, max_shown)
+    seen = max(scores.seen, 1)
     report = {
-        "checkpoint": str(ckpt), "data": cfg["name"], "split": split, "images": seen, "tta": tta,
-        "batch_size": batch_size, "inference": INFERENCE,
-        "accuracy": confusion.diag().sum().item() / max(seen, 1), "top5_accuracy": top5_hits / max(seen, 1),
-        "loss": loss_sum.double().item() / max(seen, 1),
-        "per_class": per_class(confusion, classes), "confusion_matrix": confusion.tolist(),
+        "checkpoint": str(ckpt), "data": cfg["name"], "split": split, "images": scores.seen, "tta": tta,
+        "batch_size": batch_size, "inference": {**INFERENCE, "runtime": "onnxruntime" if art.is_onnx else "pytorch"},
+        "accuracy": scores.accuracy, "top5_accuracy": scores.top5_hits / seen, "loss": scores.loss_sum / seen,
+        "per_class": per_class(scores.confusion, art.classes), "confusion_matrix": scores.confusion.tolist(),
     }  # fmt: skip
+    out = Path(out_dir)
     files.write_json(out / "eval.json", report)
-    plots.plot_confusion(confusion, classes, out / "confusion_matrix.png")
-    if wrong_images:
-        plots.plot_grid(torch.stack(wrong_images), wrong_titles, out / "misclassified.png")
-    if wrong_images and cam:
-        images, targets = torch.cat(wrong_raw), torch.cat(wrong_pred)
-        save_cam_grid(model, preprocess, images, wrong_titles, out / "misclassified_cam.png", targets)
+    plots.plot_confusion(scores.confusion, art.classes, out / "confusion_matrix.png")
+    if scores.wrong_raw:
+        images, predicted = torch.cat(scores.wrong_raw), torch.cat(scores.wrong_pred)
+        titles = [
+            f"true {art.classes[t]}\npred {art.classes[p]}"
+            for t, p in zip(torch.cat(scores.wrong_true).tolist(), predicted.tolist(), strict=True)
+        ]
+        plots.plot_grid(preprocess.unit(images).cpu(), titles, out / "misclassified.png")
+        if cam:
+            from cnn_train.analysis.cam import save_cam_grid
+
+            save_cam_grid(art.model, preprocess, images, titles, out / "misclassified_cam.png", predicted)
     return report

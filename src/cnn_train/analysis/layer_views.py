@@ -17,8 +17,9 @@ from torchvision.utils import make_grid
 
 from cnn_train.analysis.plots import save_png, subplots
 from cnn_train.data.datasets import describe
+from cnn_train.data.images import EvalTransform
+from cnn_train.data.preprocess import Preprocess, read_image_tensor
 from cnn_train.data.table import LabelFile
-from cnn_train.data.transforms import EvalTransform, Preprocess, read_image_tensor
 from cnn_train.inference import checkpoint
 from cnn_train.models import build_model, stage_outputs
 from cnn_train.runtime.errors import UserError

@@ -1,6 +1,7 @@
 """The textbook's figures, written into run and eval dirs: curves, image grids, confusion matrix.
 
-matplotlib is imported when a figure is made (`subplots`), so that commands which draw nothing start fast.
+matplotlib is imported when a figure is made (`subplots`), so that commands which draw nothing start fast,
+and torch is not imported at all: cnn-predict draws annotated images of an ONNX export without it.
 """
 
 from __future__ import annotations
@@ -8,11 +9,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from cnn_train.runtime.files import atomic_write
+
+if TYPE_CHECKING:
+    import torch
 
 
 def subplots(rows: int = 1, cols: int = 1, figsize: tuple[float, float] | None = None, **kwargs: Any) -> Any:

@@ -78,17 +78,43 @@ def _eval(cfg: DictConfig) -> None:
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="export")
 def _export(cfg: DictConfig) -> None:
-    from cnn_train.inference.export import export
-
     try:
         check_declared_keys(cfg)
         if not cfg.ckpt:
             raise UserError("ckpt: give the checkpoint to export, e.g. ckpt=outputs/.../best.pt")
+        if cfg.quantize is not None:
+            _export_int8(cfg)
+            return
+        from cnn_train.inference.export import export
+
         path, diff = export(Path(cfg.ckpt).expanduser(), str(cfg.format), cfg.output, float(cfg.tolerance))
     except USER_ERRORS as e:
         fail(user_error(e))
         return
     console.print(f"wrote {path}; max |difference| from PyTorch on a real batch: {diff:.2e}", highlight=False)
+
+
+def _export_int8(cfg: DictConfig) -> None:
+    """quantize=int8: the fp32 export, then the int8 file if its accuracy holds."""
+    if cfg.quantize != "int8":
+        raise UserError(f"quantize: {cfg.quantize!r} is not int8 (or null)")
+    if cfg.format != "onnx":
+        raise UserError(f"quantize: int8 needs format=onnx (not {cfg.format})")
+    if cfg.calibration_images < 1:
+        raise UserError(f"calibration_images: {cfg.calibration_images} must be ≥ 1")
+    if cfg.max_accuracy_drop < 0:
+        raise UserError(f"max_accuracy_drop: {cfg.max_accuracy_drop} must be ≥ 0 (points of accuracy)")
+    from cnn_train.analysis.quantization import export_int8
+
+    path, r = export_int8(
+        Path(cfg.ckpt).expanduser(), cfg.output, int(cfg.calibration_images), float(cfg.max_accuracy_drop),
+        float(cfg.tolerance),
+    )  # fmt: skip
+    console.print(
+        f"wrote {path} (and {r['fp32_file']}): {r['split']} accuracy int8 {r['int8_accuracy']:.4f}, "
+        f"fp32 {r['fp32_accuracy']:.4f} (a drop of {r['drop_points']:.2f} points; {r['images']} images)",
+        highlight=False,
+    )
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="data_check")

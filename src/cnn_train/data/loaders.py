@@ -11,7 +11,8 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from cnn_train.data.datasets import FileSplit, Split, TensorSplit
-from cnn_train.data.transforms import EvalTransform, read_image_tensor
+from cnn_train.data.images import EvalTransform
+from cnn_train.data.preprocess import read_image_tensor
 from cnn_train.runtime import distributed
 from cnn_train.runtime.errors import UserError
 

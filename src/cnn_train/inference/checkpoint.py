@@ -10,17 +10,19 @@ import logging
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from cnn_train.config import DataConfig, TrainerConfig, with_defaults
-from cnn_train.data.datasets import Dataset, load_from_config
-from cnn_train.data.transforms import EvalTransform
+from cnn_train.data.images import EvalTransform
 from cnn_train.models import build_model
 from cnn_train.runtime.errors import UserError
 from cnn_train.runtime.files import atomic_write
+
+if TYPE_CHECKING:
+    from cnn_train.data.datasets import Dataset
 
 FORMAT = "cnn-train/1"
 log = logging.getLogger(__name__)
@@ -76,8 +78,11 @@ def inference_model(
 def dataset(payload: dict[str, Any], data: dict[str, Any] | None = None) -> Dataset:
     """The checkpoint's own data (or `data`, a data config), split with the seed it was trained with: the
     same hold-out or fold validates, and a CSV's bad rows stop or are skipped as they were in training."""
-    cfg = with_defaults(DataConfig, data or payload["config"]["data"])
-    seed = with_defaults(TrainerConfig, payload["config"]["trainer"]).seed
+    from cnn_train.data.datasets import load_from_config  # torchvision's datasets: predict never needs them
+
+    config = payload.get("config", {})  # an export's metadata may lack it; then `data` is given
+    cfg = with_defaults(DataConfig, data or config["data"])
+    seed = with_defaults(TrainerConfig, config.get("trainer", {})).seed
     return load_from_config(cfg, seed)
 
 

@@ -1,7 +1,8 @@
 """cnn-export: a checkpoint as ONNX (dynamic batch) or TorchScript, checked against PyTorch on real images.
 
-The exported network takes normalised float images; the classes and the eval transform travel inside the
-file (ONNX metadata, a TorchScript extra file), so cnn-predict can use an .onnx file like a checkpoint.
+The exported network takes normalised float images; what the checkpoint says about itself (classes, eval
+transform, the pixel order of a permuted run, the training config) travels inside the file (ONNX metadata,
+a TorchScript extra file), so cnn-predict and cnn-eval use an .onnx file like a checkpoint.
 """
 
 from __future__ import annotations
@@ -15,17 +16,15 @@ from typing import Any
 import torch
 
 from cnn_train.data.loaders import Batches
-from cnn_train.data.transforms import EvalTransform, Preprocess
+from cnn_train.data.permute import pixel_permutation
+from cnn_train.data.preprocess import Preprocess
 from cnn_train.inference import checkpoint
 from cnn_train.inference.infer import infer
+from cnn_train.inference.onnx_session import META_KEY, OnnxSession, needs_extra
 from cnn_train.runtime.errors import UserError
 
 log = logging.getLogger(__name__)
-META_KEY = "cnn_train"
-
-
-def _needs_extra(e: ImportError) -> UserError:
-    return UserError(f"format=onnx needs the export extra: pip install 'cnn-train[export]' ({e})")
+__all__ = ["META_KEY", "OnnxModel", "export", "metadata", "real_batch"]
 
 
 def real_batch(payload: dict[str, Any], n: int = 8) -> torch.Tensor:
@@ -37,19 +36,24 @@ def real_batch(payload: dict[str, Any], n: int = 8) -> torch.Tensor:
     return x
 
 
+def metadata(payload: dict[str, Any]) -> dict[str, Any]:
+    """What an export carries of its checkpoint: enough to predict, and to evaluate on the data it knew."""
+    meta = {k: payload[k] for k in ("model", "classes", "eval_transform", "config")}
+    spec = checkpoint.eval_transform(payload)
+    if spec.permute_seed is not None:  # the order itself: an ONNX reader without torch cannot redraw it
+        meta["pixel_order"] = pixel_permutation(spec.permute_seed, spec.image_size).tolist()
+    return meta
+
+
 def export(
     ckpt: str | Path, fmt: str, out: str | Path | None = None, tolerance: float = 1e-3
 ) -> tuple[Path, float]:
     """Write the export next to the checkpoint (or to `out`); returns its path and the max |difference|."""
+    if fmt not in ("onnx", "torchscript"):
+        raise UserError(f"format: {fmt!r} is not onnx or torchscript")
     payload = checkpoint.load(ckpt)
     model = checkpoint.inference_model(payload, torch.device("cpu"), ckpt)
-    meta = json.dumps(
-        {
-            "model": payload["model"],
-            "classes": payload["classes"],
-            "eval_transform": payload["eval_transform"],
-        }
-    )
+    meta = json.dumps(metadata(payload))
     images = real_batch(payload)
     preprocess = Preprocess(checkpoint.eval_transform(payload))
     x = preprocess(images)  # what the exported network takes: normalised images
@@ -57,14 +61,12 @@ def export(
     if fmt == "onnx":
         path = Path(out) if out else Path(ckpt).with_suffix(".onnx")
         got = _export_onnx(model, x, path, meta)
-    elif fmt == "torchscript":
+    else:
         path = Path(out) if out else Path(ckpt).with_suffix(".ts")
         with warnings.catch_warnings(), torch.no_grad():  # TorchScript is deprecated but still what many load
             warnings.simplefilter("ignore", FutureWarning)
             torch.jit.save(torch.jit.trace(model, x), str(path), _extra_files={f"{META_KEY}.json": meta})
             got = torch.jit.load(str(path))(x)
-    else:
-        raise UserError(f"format: {fmt!r} is not onnx or torchscript")
     diff = (got - expected).abs().max().item()
     if diff > tolerance:
         raise UserError(f"{path}: exported outputs differ from PyTorch by {diff:.2e} (> {tolerance:g})")
@@ -76,13 +78,20 @@ def _export_onnx(model: torch.nn.Module, x: torch.Tensor, path: Path, meta: str)
         import onnx
         import onnxruntime  # noqa: F401
     except ImportError as e:
-        raise _needs_extra(e) from e
+        raise needs_extra(e) from e
     with warnings.catch_warnings():  # torch's advice on its own exporter API is not the user's concern
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model, (x,), str(path), dynamo=True, verbose=False, input_names=["images"], output_names=["logits"],
+            model,
+            (x,),
+            str(path),
+            dynamo=True,
+            verbose=False,
+            input_names=["images"],
+            output_names=["logits"],
             dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-        )  # fmt: skip
+            external_data=False,
+        )  # fmt: skip  (one self-contained file: the classic CNNs are far below ONNX's 2 GB limit)
     proto = onnx.load(str(path))
     proto.metadata_props.add(key=META_KEY, value=meta)
     onnx.save(proto, str(path))
@@ -94,27 +103,18 @@ def _export_onnx(model: torch.nn.Module, x: torch.Tensor, path: Path, meta: str)
 class OnnxModel:
     """An .onnx export behind the call signature of a network, for `inference.infer`."""
 
-    def __init__(self, path: str | Path) -> None:
-        try:
-            import onnx
-            import onnxruntime as ort
-        except ImportError as e:
-            raise _needs_extra(e) from e
-        try:
-            props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnx/onnxruntime raise their own types for files they cannot read
-            raise UserError(f"{path}: not a readable ONNX model ({type(e).__name__})") from e
-        if META_KEY not in props:
-            raise UserError(f"{path}: not exported by cnn-export (no {META_KEY} metadata)")
-        meta = json.loads(props[META_KEY])
-        self.classes: list[str] = meta["classes"]
-        self.spec = EvalTransform.from_dict(meta["eval_transform"])
-        self.input = self.session.get_inputs()[0].name
+    def __init__(
+        self,
+        path: str | Path,
+        providers: list[str] | None = None,
+        threads: int | None = None,
+        spin: bool = False,
+    ) -> None:
+        self.runner = OnnxSession(path, providers, threads, spin)
+        self.classes, self.spec, self.meta = self.runner.classes, self.runner.spec, self.runner.meta
 
     def eval(self) -> OnnxModel:
         return self
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        (logits,) = self.session.run(None, {self.input: x.detach().cpu().float().numpy()})
-        return torch.from_numpy(logits).to(x.device)
+        return torch.from_numpy(self.runner.run(x.detach().cpu().float().numpy())).to(x.device)

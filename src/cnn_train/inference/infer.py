@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from cnn_train.data.transforms import Preprocess
+from cnn_train.data.preprocess import Preprocess
 
 # What every inference pass computes in; recorded in checkpoints and results.json.
 INFERENCE = {"precision": "32", "memory_format": "contiguous", "compiled": False}

@@ -1,6 +1,5 @@
-"""Model registry; importing this package registers every family."""
+"""Model registry; a built-in family is imported (and registers its models) when one of them is built."""
 
-from cnn_train.models import alexnet, inception, lenet, mobilenet, resnet, resnet9, vgg  # noqa: F401  (registers)
 from cnn_train.models.registry import (
     build_model,
     cam_layer,

@@ -9,7 +9,7 @@ from cnn_train.models.common import SMALL_INPUT, conv_like
 from cnn_train.models.registry import register_model
 
 
-@register_model("alexnet", min_size=16)
+@register_model("alexnet")
 def alexnet(num_classes: int, in_channels: int, image_size: int, dropout: float = 0.5) -> nn.Module:
     """AlexNet; below 64 px a 5×5 stride-2 stem and 2×2 pools replace the 11×11 stride-4 ImageNet stem.
 

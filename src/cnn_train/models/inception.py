@@ -9,7 +9,7 @@ from cnn_train.models.common import SMALL_INPUT, conv_like
 from cnn_train.models.registry import register_model
 
 
-@register_model("googlenet", min_size=16)
+@register_model("googlenet")
 def googlenet(num_classes: int, in_channels: int, image_size: int, dropout: float = 0.2) -> nn.Module:
     """GoogLeNet; below 64 px a 3×3 stride-1 stem and one pool fewer keep inception 3 at 14×14 for 28 px."""
     model = tvm.googlenet(
@@ -23,7 +23,7 @@ def googlenet(num_classes: int, in_channels: int, image_size: int, dropout: floa
     return model
 
 
-@register_model("inception_v3", min_size=75)
+@register_model("inception_v3")
 def inception_v3(num_classes: int, in_channels: int, image_size: int, dropout: float = 0.5) -> nn.Module:
     """Inception v3; its unpadded stem needs 75 px, so small images are resized up to that (model config)."""
     model = tvm.inception_v3(

@@ -7,7 +7,7 @@ from torch import nn
 from cnn_train.models.registry import register_model
 
 
-@register_model("lenet", min_size=12)
+@register_model("lenet")
 def lenet(num_classes: int, in_channels: int, image_size: int, dropout: float = 0.0) -> nn.Module:
     """LeNet-5 with ReLU; padding 2 on the first conv so 28×28 input keeps LeCun's 32×32 geometry."""
     side = (image_size // 2 - 4) // 2
@@ -29,7 +29,7 @@ def lenet(num_classes: int, in_channels: int, image_size: int, dropout: float = 
     )
 
 
-@register_model("mlp", min_size=1)
+@register_model("mlp")
 def mlp(
     num_classes: int, in_channels: int, image_size: int, hidden: int = 256, dropout: float = 0.0
 ) -> nn.Module:

@@ -16,13 +16,13 @@ def _fit_stem(model: nn.Module, in_channels: int, image_size: int) -> nn.Module:
     return model
 
 
-@register_model("mobilenet_v2", min_size=16)
+@register_model("mobilenet_v2")
 def mobilenet_v2(num_classes: int, in_channels: int, image_size: int, dropout: float = 0.2) -> nn.Module:
     """MobileNet v2 (inverted residuals, linear bottlenecks)."""
     return _fit_stem(tvm.mobilenet_v2(num_classes=num_classes, dropout=dropout), in_channels, image_size)
 
 
-@register_model("mobilenet_v3_small", min_size=16)
+@register_model("mobilenet_v3_small")
 def mobilenet_v3_small(
     num_classes: int, in_channels: int, image_size: int, dropout: float = 0.2
 ) -> nn.Module:

@@ -1,11 +1,14 @@
 """One registry of model builders, so a checkpoint can rebuild its network from a name and kwargs.
 
+The built-in families register themselves when first built: `BUILT_IN` knows every name and least input side
+up front, so checking a config or rebuilding LeNet imports no other family (most import torchvision).
 It also states, for every model, where its convolutional stages end (`stage_outputs`) and which layer
 Grad-CAM explains (`cam_layer`): one rule over the built network, so it holds at every input size.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections import Counter
 from collections.abc import Callable
 from functools import partial
@@ -17,40 +20,57 @@ from torch import nn
 from cnn_train.runtime.errors import UserError
 
 ModelBuilder = Callable[..., nn.Module]
+# Every built-in model: the module of cnn_train.models that registers it, and the least input side it accepts.
+BUILT_IN: dict[str, tuple[str, int]] = {
+    "lenet": ("lenet", 12), "mlp": ("lenet", 1), "alexnet": ("alexnet", 16),
+    "vgg11": ("vgg", 16), "vgg16": ("vgg", 16), "googlenet": ("inception", 16), "inception_v3": ("inception", 75),
+    "resnet9": ("resnet9", 8), "resnet18": ("resnet", 8), "resnet34": ("resnet", 8), "resnet50": ("resnet", 8),
+    "resnet101": ("resnet", 8), "resnext50_32x4d": ("resnet", 8),
+    "mobilenet_v2": ("mobilenet", 16), "mobilenet_v3_small": ("mobilenet", 16),
+}  # fmt: skip
 _MODELS: dict[str, ModelBuilder] = {}
-_MIN_SIZE: dict[str, int] = {}
+_MIN_SIZE: dict[str, int] = {name: size for name, (_, size) in BUILT_IN.items()}
 
 
-def register_model(name: str, min_size: int = 8) -> Callable[[ModelBuilder], ModelBuilder]:
+def register_model(name: str, min_size: int | None = None) -> Callable[[ModelBuilder], ModelBuilder]:
     """Register a builder `f(num_classes, in_channels, image_size, **kwargs) -> nn.Module` under `name`.
 
-    `min_size` is the smallest input side the network accepts, checked before any work starts.
+    `min_size` is the smallest input side the network accepts, checked before any work starts (a built-in
+    name's is BUILT_IN's; 8 when not given). A built-in name belongs to its family's module alone.
     """
 
     def decorator(fn: ModelBuilder) -> ModelBuilder:
-        if name in _MODELS:
+        family = BUILT_IN.get(name)
+        if name in _MODELS or (family is not None and fn.__module__ != f"cnn_train.models.{family[0]}"):
             raise ValueError(f"model {name!r} is registered twice")
         _MODELS[name] = fn
-        _MIN_SIZE[name] = min_size
+        _MIN_SIZE[name] = min_size if min_size is not None else family[1] if family is not None else 8
         return fn
 
     return decorator
 
 
 def list_models() -> list[str]:
-    """Names of every registered model, sorted."""
-    return sorted(_MODELS)
+    """Names of every built-in and registered model, sorted."""
+    return sorted(set(BUILT_IN) | set(_MODELS))
 
 
 def min_image_size(name: str) -> int:
-    """Smallest input side `name` accepts."""
+    """Smallest input side `name` accepts (its family is not imported)."""
     _check_name(name)
     return _MIN_SIZE[name]
 
 
 def _check_name(name: str) -> None:
-    if name not in _MODELS:
+    if name not in _MODELS and name not in BUILT_IN:
         raise UserError(f"model.name: unknown model {name!r}; choose one of: {', '.join(list_models())}")
+
+
+def _builder(name: str) -> ModelBuilder:
+    """The registered builder, importing a built-in family the first time one of its models is built."""
+    if name not in _MODELS:
+        importlib.import_module(f"cnn_train.models.{BUILT_IN[name][0]}")
+    return _MODELS[name]
 
 
 def build_model(name: str, num_classes: int, in_channels: int, image_size: int, **kwargs: Any) -> nn.Module:
@@ -60,7 +80,7 @@ def build_model(name: str, num_classes: int, in_channels: int, image_size: int, 
         raise UserError(
             f"data.image_size: {image_size} is too small for {name} (needs at least {_MIN_SIZE[name]})"
         )
-    return _MODELS[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
+    return _builder(name)(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
 
 
 class _Outputs:

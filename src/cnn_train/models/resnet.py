@@ -29,7 +29,7 @@ def _register(name: str, ctor: Callable[..., tvm.ResNet]) -> None:
         return _resnet(ctor, num_classes, in_channels, image_size)
 
     build.__doc__ = f"torchvision's {name} with a stem fitted to the input."
-    register_model(name, min_size=8)(build)
+    register_model(name)(build)
 
 
 for _name, _ctor in {

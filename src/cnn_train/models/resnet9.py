@@ -53,7 +53,7 @@ class ResNet9(nn.Sequential):
         return super().forward(x) * self.logit_scale
 
 
-@register_model("resnet9", min_size=8)
+@register_model("resnet9")
 def resnet9(num_classes: int, in_channels: int, image_size: int, width: int = 64) -> nn.Module:
     """ResNet-9 at any input of 8 px or more (three 2× pools, then a global pool); `width` = first layer's channels."""
     return ResNet9(num_classes, in_channels, width)

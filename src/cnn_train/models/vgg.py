@@ -34,7 +34,7 @@ def _vgg(
     return model
 
 
-@register_model("vgg11", min_size=16)
+@register_model("vgg11")
 def vgg11(
     num_classes: int, in_channels: int, image_size: int, batch_norm: bool = True, dropout: float = 0.5
 ) -> nn.Module:
@@ -42,7 +42,7 @@ def vgg11(
     return _vgg(tvm.vgg11, tvm.vgg11_bn, num_classes, in_channels, image_size, batch_norm, dropout)
 
 
-@register_model("vgg16", min_size=16)
+@register_model("vgg16")
 def vgg16(
     num_classes: int, in_channels: int, image_size: int, batch_norm: bool = True, dropout: float = 0.5
 ) -> nn.Module:

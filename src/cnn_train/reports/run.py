@@ -21,7 +21,8 @@ from cnn_train.analysis import plots
 from cnn_train.analysis.cam import save_cam_grid
 from cnn_train.analysis.evaluation import per_class
 from cnn_train.data.datasets import Dataset, TensorSplit
-from cnn_train.data.transforms import EvalTransform, Preprocess
+from cnn_train.data.images import EvalTransform
+from cnn_train.data.preprocess import Preprocess
 from cnn_train.inference import checkpoint
 from cnn_train.reports.page import render
 from cnn_train.reports.rundata import read_json

@@ -51,3 +51,29 @@ def number(text: str) -> Any:
             return float(text)
         except ValueError:
             return text
+
+
+BENCH_COLUMNS = ("format", "runtime", "precision", "batch-1 ms (median)", "batch-1 ms (p90)", "images/s",
+                 "× PyTorch fp32", "accuracy", "MB")  # fmt: skip
+
+
+def bench_rows(run_dir: Path) -> tuple[str, list[list[Any]]]:
+    """bench.json (cnn-bench) as its CPU and one plain row per format (BENCH_COLUMNS); ("", []) without it.
+
+    A skipped format keeps its row, its reason in the runtime column.
+    """
+    bench = read_json(run_dir / "bench.json")
+    records = bench.get("records", [])
+    base = next((r.get("throughput_img_s") for r in records if r["format"] == "pytorch"), None)
+    rows: list[list[Any]] = []
+    for r in records:
+        if "skipped" in r:
+            rows.append([r["format"], f"skipped: {r['skipped']}", *[None] * (len(BENCH_COLUMNS) - 2)])
+            continue
+        rows.append([
+            r["format"], r["runtime"], r["precision"], round(r["latency_ms_median"], 3), round(r["latency_ms_p90"], 3),
+            round(r["throughput_img_s"]), round(r["throughput_img_s"] / base, 2) if base else None,
+            r.get("accuracy"), round(r["file_bytes"] / 1e6, 3),
+        ])  # fmt: skip
+    where = f"{bench.get('cpu', '')}, {bench.get('threads', '')} threads" if bench else ""
+    return where, rows

@@ -1,7 +1,8 @@
 """The data of a run's report.html, one dict per section, each from the run dir's own files (see run.py).
 
 The page is templates/run.html.j2; each section is templates/run/<key>.html.j2 and reads the context key
-of the same name, which the gatherer under that key in SECTIONS builds. To add a section (say `bench`):
+of the same name, which the gatherer under that key in SECTIONS builds. To add a section, as `bench` (the
+formats cnn-bench measured) was added:
 
 1. write `bench(run_dir, results, extra) -> dict | None` here and add it to SECTIONS as "bench"
    (None where the run has nothing for the section; the template then says so or shows nothing);
@@ -18,7 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from cnn_train.reports.page import figure
-from cnn_train.reports.rundata import command, number, read_json, read_metrics, resolved_config
+from cnn_train.reports.rundata import (
+    BENCH_COLUMNS,
+    bench_rows,
+    command,
+    number,
+    read_json,
+    read_metrics,
+    resolved_config,
+)
 
 SPEED = ("precision", "channels_last", "compile", "threads", "processes", "tta")
 # Training settings results.json records when the run used them (shown only where present and set).
@@ -36,6 +45,7 @@ def summary(run_dir: Path, results: dict[str, Any], extra: dict[str, Any]) -> di
         "input": anatomy.get("input"),
         "training": {k: results[k] for k in TRAINING if results.get(k) is not None},
         "speed": {k: results[k] for k in SPEED if k in results},
+        "distill": results.get("distill"),
         "inference": ", ".join(f"{k} {v}" for k, v in results.get("inference", {}).items()),
     }
 
@@ -95,6 +105,14 @@ def test_set(run_dir: Path, results: dict[str, Any], extra: dict[str, Any]) -> d
     }  # fmt: skip
 
 
+def bench(run_dir: Path, results: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any] | None:
+    """cnn-bench's table (bench.json): the formats the best checkpoint ships as, on the CPU it was measured on."""
+    if not (run_dir / "bench.json").is_file():
+        return None
+    where, rows = bench_rows(run_dir)
+    return {"where": where, "columns": list(BENCH_COLUMNS), "rows": rows}
+
+
 def reproduce(run_dir: Path, results: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return {"command": command(run_dir), "config": resolved_config(run_dir)}
 
@@ -105,6 +123,7 @@ SECTIONS: dict[str, Gatherer] = {
     "curves": curves,
     "data": data,
     "test_set": test_set,
+    "bench": bench,
     "reproduce": reproduce,
 }
 

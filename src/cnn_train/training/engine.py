@@ -18,11 +18,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from cnn_train.data.transforms import Preprocess
+from cnn_train.data.preprocess import Preprocess
 from cnn_train.inference.infer import infer
 from cnn_train.runtime import distributed
 from cnn_train.runtime.errors import UserError
 from cnn_train.runtime.hardware import compute_dtype
+from cnn_train.training.distill import Teacher
 from cnn_train.training.ema import EMA
 
 CHECK_EVERY = 50  # on accelerators, steps between looks at the loss (each look waits for the device)
@@ -146,10 +147,11 @@ class TrainStep:
         clip_norm: float | None = None,
         accumulate: int = 1,
         ema: EMA | None = None,
+        teacher: Teacher | None = None,
     ) -> None:
         self.model, self.preprocess, self.augment, self.loss_fn = model, preprocess, augment, loss_fn
         self.optimizer, self.schedule, self.precision, self.scaler = optimizer, schedule, precision, scaler
-        self.clip_norm, self.accumulate, self.ema = clip_norm, accumulate, ema
+        self.clip_norm, self.accumulate, self.ema, self.teacher = clip_norm, accumulate, ema, teacher
         self.device = next(model.parameters()).device
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -159,7 +161,10 @@ class TrainStep:
         inputs, target = self.preprocess.on_real_image(mix, inputs, y) if mix is not None else (inputs, y)
         with autocast(self.device, self.precision):
             logits = self.model(inputs)
-        return self.loss_fn(logits.float(), target), logits, target
+        loss = self.loss_fn(logits.float(), target)
+        if self.teacher is not None:  # outside autocast: the teacher answers in fp32, on the same inputs
+            loss = self.teacher.loss(logits.float(), inputs, loss)
+        return loss, logits, target
 
     def syncing(self, sync: bool) -> contextlib.AbstractContextManager:
         """Under DDP, no gradient all-reduce for a batch that only accumulates (`sync` False)."""

@@ -18,6 +18,7 @@ from cnn_train.analysis import plots
 from cnn_train.config import check_target_keys
 from cnn_train.data.labels import SAMPLERS, check_folds
 from cnn_train.data.loaders import Batches
+from cnn_train.data.preprocess import Preprocess
 from cnn_train.data.table import LabelFile
 from cnn_train.inference import checkpoint
 from cnn_train.inference.infer import INFERENCE
@@ -88,6 +89,7 @@ def check_config(cfg: DictConfig) -> None:
         raise UserError(f"trainer.early_stopping.monitor: {monitor!r} is not one of {', '.join(STOP_MODES)}")
     parse_duration(cfg.trainer.max_time)
     check_plan(cfg.trainer)
+    check_distill(cfg.trainer.distill)
     metric = cfg.optimized_metric
     if metric not in OPTIMIZABLE:
         raise UserError(f"optimized_metric: {metric!r} is not one of {', '.join(OPTIMIZABLE)}")
@@ -104,6 +106,18 @@ def check_config(cfg: DictConfig) -> None:
     check_folds(cfg.data.folds, cfg.data.fold)
     if cfg.data.sampler not in SAMPLERS:
         raise UserError(f"data.sampler: {cfg.data.sampler!r} is not one of {', '.join(SAMPLERS)}")
+
+
+def check_distill(d: DictConfig) -> None:
+    """trainer.distill: the teacher file exists and the weights make sense, before any data is read."""
+    if not d.teacher:
+        return
+    if not Path(str(d.teacher)).expanduser().is_file():
+        raise UserError(f"trainer.distill.teacher: {d.teacher} does not exist (give a trained best.pt)")
+    if not 0 <= d.alpha <= 1:
+        raise UserError(f"trainer.distill.alpha: {d.alpha} must lie between 0 and 1 (the teacher's share)")
+    if not d.temperature > 0:
+        raise UserError(f"trainer.distill.temperature: {d.temperature} must be > 0")
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -327,6 +341,8 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         record = TestRecord(s.data.classes) if tr.report else None
         test = test_best(cfg, s, path, record)
         results = summarize(cfg, s, state, plan, test, time.perf_counter() - started, ended)
+        if s.teacher is not None:
+            results["distill"] = {**s.teacher.describe(), "teacher_test_acc": test_teacher(cfg, s)}
         run.finish(results)
         log_budget(results)
         if tr.report:
@@ -362,6 +378,9 @@ def describe(cfg: DictConfig, s: Session) -> dict[str, Any]:
                  len(s.data.train))  # fmt: skip
     if s.data.skipped_rows:
         log.warning("data.file: %d bad row(s) skipped (results.json: skipped_rows)", s.data.skipped_rows)
+    if s.teacher is not None:
+        t = s.teacher
+        log.info("distilling from %s (%s): alpha %g, temperature %g", t.path, t.name, t.alpha, t.temperature)
     return {
         "model": s.model_spec, "classes": s.data.classes, "eval_transform": s.spec.to_dict(),
         "inference": INFERENCE, "config": OmegaConf.to_container(cfg, resolve=True), "init": s.init,
@@ -444,6 +463,18 @@ def label_titles(target: torch.Tensor, classes: list[str]) -> list[str]:
         (a, b), (i, j) = shares.tolist(), index.tolist()
         titles.append(classes[i] if b < 1e-3 else f"{classes[i]} {a:.2f} + {classes[j]} {b:.2f}")
     return titles
+
+
+def test_teacher(cfg: DictConfig, s: Session) -> float | None:
+    """The teacher's accuracy on this run's test split, through its own eval transform; None without one."""
+    t = s.teacher
+    if t is None or s.data.test is None:
+        return None
+    batches = Batches(
+        s.data.test, t.spec, int(cfg.data.batch_size), s.device, num_workers=int(cfg.data.num_workers),
+        limit=cfg.trainer.limit_test_batches, shard=(s.world.rank, s.world.size),
+    )  # fmt: skip
+    return evaluate(t.model, batches, Preprocess(t.spec).to(s.device), "teacher test", s.tta, s.bars)["acc"]
 
 
 def test_best(

@@ -19,9 +19,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from cnn_train.data.datasets import Dataset, Split, TensorSplit, load_from_config
+from cnn_train.data.images import EvalTransform
 from cnn_train.data.labels import sampler_weights
 from cnn_train.data.loaders import Batches, cache_split, should_cache
-from cnn_train.data.transforms import EvalTransform, Preprocess
+from cnn_train.data.preprocess import Preprocess
 from cnn_train.models import build_model
 from cnn_train.runtime.errors import UserError
 from cnn_train.runtime.hardware import (
@@ -35,6 +36,7 @@ from cnn_train.runtime.hardware import (
 from cnn_train.runtime.world import World
 from cnn_train.training import transfer
 from cnn_train.training.budget import first_length
+from cnn_train.training.distill import Teacher, load_teacher
 from cnn_train.training.ema import EMA
 from cnn_train.training.engine import TrainStep, show_bars
 from cnn_train.training.schedules import Schedule
@@ -73,6 +75,7 @@ class Session:
     tta: bool
     world: World = field(default_factory=World)
     ema: EMA | None = None  # trainer.ema_decay: the averaged weights validated, saved as best and tested
+    teacher: Teacher | None = None  # trainer.distill.teacher: the network the student also learns from
 
     @property
     def bars(self) -> bool:
@@ -213,12 +216,13 @@ def build(cfg: DictConfig, world: World | None = None, device: torch.device | No
     net = compile_model(_distribute(model, cfg, world, device), speed)
     preprocess = Preprocess(spec, speed.channels_last).to(device)
     ema = EMA(model, float(tr.ema_decay)) if tr.ema_decay is not None else None
+    teacher = load_teacher(tr.distill, data.classes, spec, device)
     step = TrainStep(net, preprocess, augment, optimizer, schedule, loss, speed.precision, scaler,
-                     tr.grad_clip_norm, int(tr.accumulate_grad_batches), ema)  # fmt: skip
+                     tr.grad_clip_norm, int(tr.accumulate_grad_batches), ema, teacher)  # fmt: skip
     return Session(
         data, spec, model_spec, model, eval_model, step, optimizer, schedule, augment, train_batches, val_batches,
         shuffle, device, source.origin if source is not None else "scratch", speed, scaler, bool(tr.tta), world,
-        ema,
+        ema, teacher,
     )  # fmt: skip
 
 
