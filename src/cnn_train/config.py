@@ -35,7 +35,9 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    name: str = MISSING  # fashion_mnist | mnist | cifar10 | image_folder; set by configs/data/<name>.yaml
+    name: str = (
+        MISSING  # fashion_mnist | mnist | cifar10 | image_folder | fashion_mnist_multilabel (per yaml)
+    )
     root: str = MISSING  # where the files are (per choice: each dataset looks and downloads differently)
     batch_size: int = 128  # images per step (the global batch under torchrun)
     image_size: int | None = None  # input side; null = the model's stated size, else the data's own
@@ -48,12 +50,13 @@ class DataConfig:
     channels: int = 3  # image_folder: 3 = RGB, 1 = grayscale; every file is converted
     permute_pixels: bool = False  # one fixed shuffle of pixel positions, recorded in the checkpoint
     permute_seed: int = 0  # with permute_pixels: the seed that draws the permutation
+    multi_label: bool = False  # labels are sets: sigmoid + BCE, per-class thresholds (single labels: one-hot)
 
 
 @dataclass
 class EarlyStoppingConfig:
     patience: int | None = None  # stop after this many epochs without improvement; null = never
-    monitor: str = "val_acc"  # val_acc | val_loss: the validation metric watched
+    monitor: str = "val_acc"  # val_acc | val_loss | val_map (multi-label): the validation metric watched
     min_delta: float = 0.0  # an improvement must beat the best so far by more than this
 
 
@@ -82,6 +85,7 @@ class TrainerConfig:
     accumulate_grad_batches: int = 1  # optimizer step every N batches: effective batch = N × data.batch_size
     decay_norm_and_bias: bool = False  # also weight-decay normalisation weights and biases (off: timm's rule)
     class_weights: str | None = None  # null | balanced: inverse-frequency class weights in the training loss
+    pos_weight: str | None = None  # multi-label: null | balanced: BCE positives × negatives/positives (train)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     max_time: str | None = None  # time budget from the start: 600, 90s, 10m, 1h30m; then best.pt is tested
     report: bool = True  # write report.html (curves, confusion matrix, CAMs of mistakes) when the run ends

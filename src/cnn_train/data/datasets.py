@@ -1,7 +1,9 @@
-"""Where images come from: the MNIST family (IDX), CIFAR-10 (pickle batches) and folders of images.
+"""Where images come from: the MNIST family (IDX), CIFAR-10 (pickle batches), folders of images, and the
+Fashion-MNIST mosaics (multi-label).
 
 Built-in datasets are small, so they are held in memory as uint8 tensors; image folders stay on disk as
-(path, label) lists decoded by loader workers.
+(path, label) lists decoded by loader workers. A multi-label dataset's labels are sets: N×K float 0/1 rows
+in memory, (path, tuple of class indices) on disk, made into rows of K by the file loader.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import functools
 import gzip
 import logging
 import pickle
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,11 +21,15 @@ import torch
 from PIL import Image
 from torchvision import datasets as tvd
 
+from cnn_train.data import mosaic
 from cnn_train.runtime.errors import UserError
 
 log = logging.getLogger(__name__)
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+MOSAICS = {"train+val": 60_000, "test": 10_000}  # data=fashion_mnist_multilabel: mosaics per part
+MOSAIC_SEED = 2017  # the mosaics' layout and items; the test mosaics depend on nothing else
+DATASETS = "fashion_mnist, mnist, cifar10, image_folder, fashion_mnist_multilabel"
 MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -31,7 +38,8 @@ MNIST_FILES = {
 
 @dataclass
 class TensorSplit:
-    """Images as uint8 N×C×H×W and int64 labels, sliced into batches without copies per image."""
+    """Images as uint8 N×C×H×W and int64 labels (multi-label: N×K float32 0/1 rows), sliced into batches
+    without copies per image."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -47,13 +55,14 @@ class TensorSplit:
 class FileSplit:
     """Image files with their labels, decoded on demand."""
 
-    samples: list[tuple[str, int]]
+    samples: list[tuple[str, Any]]  # (path, class index); multi-label: (path, tuple of class indices)
+    num_classes: int | None = None  # multi-label: the width of the 0/1 rows the file loader makes of the sets
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def subset(self, index: torch.Tensor) -> FileSplit:
-        return FileSplit([self.samples[i] for i in index.tolist()])
+        return FileSplit([self.samples[i] for i in index.tolist()], self.num_classes)
 
 
 Split = TensorSplit | FileSplit
@@ -70,6 +79,55 @@ class Dataset:
     classes: list[str]
     channels: int
     native_size: int | None  # None: files of any size, resized to the training side
+    multi_label: bool = False  # labels are sets of classes (sigmoid outputs, BCE, per-class thresholds)
+
+    def splits(self) -> dict[str, Split]:
+        """The splits there are, by name (no test split: train and val only)."""
+        named = {"train": self.train, "val": self.val, "test": self.test}
+        return {k: v for k, v in named.items() if v is not None}
+
+
+def multi_hot(label_sets: Iterable[Iterable[int]], num_classes: int) -> torch.Tensor:
+    """N×K float32 rows with a 1 at each class of each set."""
+    sets = [list(s) for s in label_sets]
+    rows = torch.zeros(len(sets), num_classes)
+    for i, s in enumerate(sets):
+        rows[i, s] = 1.0
+    return rows
+
+
+def label_rows(split: Split, num_classes: int) -> torch.Tensor:
+    """Every label of a split as N×K 0/1 rows (one-hot for single-label): what class counts are read from."""
+    if isinstance(split, TensorSplit):
+        y = split.labels
+        return y.float() if y.ndim == 2 else torch.nn.functional.one_hot(y, num_classes).float()
+    return multi_hot(((y,) if isinstance(y, int) else y for _, y in split.samples), num_classes)
+
+
+def _holds_sets(split: Split) -> bool:
+    if isinstance(split, TensorSplit):
+        return split.labels.ndim == 2
+    return any(not isinstance(y, int) for _, y in split.samples)
+
+
+def as_multi_label(split: Split, num_classes: int) -> Split:
+    """The split with its labels as sets: one-hot rows for single labels, the loader told their width."""
+    if isinstance(split, TensorSplit):
+        return TensorSplit(split.images, label_rows(split, num_classes))
+    samples = [(p, (y,) if isinstance(y, int) else tuple(y)) for p, y in split.samples]
+    return FileSplit(samples, num_classes)
+
+
+def settle_labels(data: Dataset, force: bool = False) -> Dataset:
+    """Mark a dataset multi-label when its labels are sets (or `force`: data.multi_label=true) and put every
+    split in that form, so that training, evaluation and prediction see one representation."""
+    if not (force or data.multi_label or any(_holds_sets(s) for s in data.splits().values())):
+        return data
+    k = len(data.classes)
+    for name, split in data.splits().items():
+        setattr(data, name, as_multi_label(split, k))
+    data.multi_label = True
+    return data
 
 
 def read_idx(path: Path) -> torch.Tensor:
@@ -258,12 +316,36 @@ def load_image_folder(root: Path, strict: bool = False) -> tuple[dict[str, FileS
     return splits, classes
 
 
+def load_fashion_mosaics(root: Path, val_split: float, seed: int) -> tuple[dict[str, TensorSplit], list[str]]:
+    """Fashion-MNIST as 2×2 mosaics of 1–4 items (data/mosaic.py), labelled with the classes they show.
+
+    Training and validation mosaics are built from disjoint parts of the training images (held out by
+    data.val_split and the seed), test mosaics from the test images alone: no image is in two splits.
+    """
+    base, classes = load_mnist_family("fashion_mnist", root)
+    _check_val_split(val_split)
+    train, val = holdout(base["train"], val_split, seed)
+    n_val = max(1, round(MOSAICS["train+val"] * val_split))
+    parts = {
+        "train": (train, MOSAICS["train+val"] - n_val),
+        "val": (val, n_val),
+        "test": (base["test"], MOSAICS["test"]),
+    }
+    splits = {}
+    for i, (name, (source, count)) in enumerate(parts.items()):
+        tiles = mosaic.layout(len(source), count, torch.Generator().manual_seed(MOSAIC_SEED + i))
+        splits[name] = TensorSplit(*mosaic.compose(source.images, source.labels, len(classes), tiles))
+    return splits, classes
+
+
 def describe(name: str, root: str | Path, channels: int = 3) -> tuple[int, int, int | None]:
     """(channels, classes, native side) without reading images: enough to build and inspect a model."""
     if name in ("fashion_mnist", "mnist"):
         return 1, 10, 28
     if name == "cifar10":
         return 3, 10, 32
+    if name == "fashion_mnist_multilabel":
+        return 1, 10, 28 * mosaic.GRID
     if name == "image_folder":
         root = Path(root).expanduser()
         top = root / "train" if (root / "train").is_dir() else root
@@ -272,9 +354,12 @@ def describe(name: str, root: str | Path, channels: int = 3) -> tuple[int, int, 
         except FileNotFoundError as e:
             raise UserError(f"data.root: {top}: {e}") from e
         return channels, len(classes), None
-    raise UserError(
-        f"data.name: unknown dataset {name!r}; choose fashion_mnist, mnist, cifar10, image_folder"
-    )
+    raise UserError(f"data.name: unknown dataset {name!r}; choose {DATASETS}")
+
+
+def _check_val_split(val_split: float) -> None:
+    if not 0.0 < val_split < 1.0:
+        raise UserError(f"data.val_split: {val_split} must lie strictly between 0 and 1")
 
 
 def holdout(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
@@ -288,9 +373,19 @@ def holdout(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
 
 
 def load_dataset(
-    name: str, root: str | Path, val_split: float, seed: int, channels: int = 3, strict: bool = False
+    name: str,
+    root: str | Path,
+    val_split: float,
+    seed: int,
+    channels: int = 3,
+    strict: bool = False,
+    multi_label: bool = False,
 ) -> Dataset:
-    """Load a dataset by its config name (data.name) and carve out the validation split."""
+    """Load a dataset by its config name (data.name) and carve out the validation split.
+
+    `multi_label` (data.multi_label) makes single-label data multi-label (one-hot sets); data whose labels
+    are sets is multi-label anyway.
+    """
     root = Path(root).expanduser()
     native: int | None
     if name in ("fashion_mnist", "mnist"):
@@ -302,14 +397,15 @@ def load_dataset(
     elif name == "image_folder":
         splits, classes = load_image_folder(root, strict)  # type: ignore[assignment]
         native = None
+    elif name == "fashion_mnist_multilabel":
+        splits, classes = load_fashion_mosaics(root, val_split, seed)
+        channels, native = 1, 28 * mosaic.GRID
     else:
-        raise UserError(
-            f"data.name: unknown dataset {name!r}; choose fashion_mnist, mnist, cifar10, image_folder"
-        )
+        raise UserError(f"data.name: unknown dataset {name!r}; choose {DATASETS}")
     if "val" in splits:
         train, val = splits["train"], splits["val"]
     else:
-        if not 0.0 < val_split < 1.0:
-            raise UserError(f"data.val_split: {val_split} must lie strictly between 0 and 1")
+        _check_val_split(val_split)
         train, val = holdout(splits["train"], val_split, seed)
-    return Dataset(name, train, val, splits.get("test"), classes, channels, native)
+    data = Dataset(name, train, val, splits.get("test"), classes, channels, native)
+    return settle_labels(data, multi_label)

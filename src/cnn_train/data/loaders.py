@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from cnn_train.data.datasets import FileSplit, Split, TensorSplit
+from cnn_train.data.datasets import FileSplit, Split, TensorSplit, multi_hot
 from cnn_train.data.transforms import EvalTransform, read_image_tensor
 from cnn_train.runtime import distributed
 from cnn_train.runtime.errors import UserError
@@ -28,7 +30,7 @@ class _Files(TorchDataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int, str]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, Any, str]:
         path, label = self.samples[i]
         try:
             return read_image_tensor(path, self.spec), label, path
@@ -38,14 +40,23 @@ class _Files(TorchDataset):
             return None, label, path
 
 
-def _collate(items: list[tuple[torch.Tensor | None, int, str]]) -> Batch:
+def _collate(items: list[tuple[torch.Tensor | None, Any, str]], num_classes: int | None = None) -> Batch:
+    """Images and labels of the readable files: class indices, or with `num_classes` (multi-label: the
+    labels are sets) N×K 0/1 rows."""
     bad = [p for x, _, p in items if x is None]
     for p in bad:
         log.warning("skipping unreadable image %s", p)
     good = [(x, y) for x, y, _ in items if x is not None]
     if not good:
-        return torch.empty(0), torch.empty(0, dtype=torch.long)
-    return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good])
+        empty = torch.empty(0, num_classes) if num_classes else torch.empty(0, dtype=torch.long)
+        return torch.empty(0), empty
+    labels = [y for _, y in good]
+    rows = multi_hot(labels, num_classes) if num_classes else torch.tensor(labels)
+    return torch.stack([x for x, _ in good]), rows
+
+
+def _collate_for(split: FileSplit) -> Any:
+    return functools.partial(_collate, num_classes=split.num_classes)
 
 
 def available_memory() -> int:
@@ -80,7 +91,7 @@ def cache_split(split: FileSplit, spec: EvalTransform, num_workers: int, strict:
         _Files(split, spec, strict),
         batch_size=256,
         num_workers=num_workers,
-        collate_fn=_collate,
+        collate_fn=_collate_for(split),
         generator=torch.Generator().manual_seed(0),  # not the global stream: the model's init draws from it
     )
     images, labels = [], []
@@ -166,7 +177,7 @@ class Batches:
                 _Files(self.split, self.spec, self.strict),  # type: ignore[arg-type]
                 batch_sampler=self._order,
                 num_workers=self.num_workers,
-                collate_fn=_collate,
+                collate_fn=_collate_for(self.split),  # type: ignore[arg-type]
                 pin_memory=self.device.type == "cuda",
                 persistent_workers=self.num_workers > 0,
                 # Its own generator: each epoch's iterator draws a worker seed, which from the global stream
