@@ -100,6 +100,10 @@ def _load(
         splits, classes = ds.load_cifar10(root)
     elif name == "image_folder":
         splits, classes = ds.load_image_folder(root)  # type: ignore[assignment]
+    elif name == "fashion_mnist_multilabel":
+        raise UserError(
+            "data.name: fashion_mnist_multilabel is built from Fashion-MNIST: check data=fashion_mnist"
+        )
     else:
         raise UserError(
             f"data.name: unknown dataset {name!r}; choose fashion_mnist, mnist, cifar10, image_folder"

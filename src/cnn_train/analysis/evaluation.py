@@ -1,4 +1,8 @@
-"""cnn-eval's work: a checkpoint on a data split, as numbers (eval.json) and figures (PNG)."""
+"""cnn-eval's work: a checkpoint on a data split, as numbers (eval.json) and figures (PNG).
+
+A multi-label checkpoint is scored by analysis.multilabel at the thresholds it carries: mAP, F1, exact match
+and each class's AP, with the images whose predicted label set is wrong.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,11 @@ import torch
 
 from cnn_train.analysis import plots
 from cnn_train.analysis.cam import save_cam_grid
+from cnn_train.analysis.multilabel import multilabel_metrics, set_titles
 from cnn_train.data.loaders import Batches
 from cnn_train.data.transforms import Preprocess
 from cnn_train.inference import checkpoint
-from cnn_train.inference.infer import INFERENCE, infer
+from cnn_train.inference.infer import INFERENCE, above_thresholds, infer
 from cnn_train.runtime import files
 from cnn_train.runtime.errors import UserError
 
@@ -65,7 +70,19 @@ def evaluate_checkpoint(
     chosen = dataset.test if split == "test" else dataset.val
     if chosen is None:
         raise UserError(f"split: {cfg['name']} at {cfg['root']} has no test split; use split=val")
+    if checkpoint.is_multi_label(payload) != dataset.multi_label:
+        kinds = {True: "multi-label", False: "single-label"}
+        raise UserError(f"data: {cfg['name']} is {kinds[dataset.multi_label]}, the checkpoint "
+                        f"{kinds[checkpoint.is_multi_label(payload)]} (data.multi_label)")  # fmt: skip
     preprocess = Preprocess(spec).to(device)
+    if dataset.multi_label:
+        if cam:
+            raise UserError("cam: Grad-CAMs of mistakes are drawn for single-label checkpoints; for label sets "
+                            "cnn-predict cam=true draws one map per predicted label")  # fmt: skip
+        batches = Batches(chosen, spec, batch_size, device, limit=limit_batches)
+        head = {"checkpoint": str(ckpt), "data": cfg["name"], "split": split, "tta": tta, "batch_size": batch_size,
+                "inference": INFERENCE}  # fmt: skip
+        return evaluate_sets(model, preprocess, batches, payload, head, Path(out_dir), tta, max_shown)
     k = len(classes)
     confusion = torch.zeros(k, k, dtype=torch.long)
     top5_hits, seen = 0, 0
@@ -104,4 +121,43 @@ def evaluate_checkpoint(
     if wrong_images and cam:
         images, targets = torch.cat(wrong_raw), torch.cat(wrong_pred)
         save_cam_grid(model, preprocess, images, wrong_titles, out / "misclassified_cam.png", targets)
+    return report
+
+
+def evaluate_sets(
+    model: torch.nn.Module,
+    preprocess: Preprocess,
+    batches: Batches,
+    payload: dict[str, Any],
+    head: dict[str, Any],
+    out: Path,
+    tta: bool = False,
+    max_shown: int = 32,
+) -> dict[str, Any]:
+    """A multi-label checkpoint at its thresholds: eval.json (mAP, F1, exact match, per-class AP) and the
+    images whose predicted set differs from their true set (misclassified.png)."""
+    classes, thresholds = list(payload["classes"]), checkpoint.thresholds(payload)
+    probs, targets, loss_sum = [], [], 0.0
+    wrong_images, wrong_titles = [], []
+    for x, y in batches:
+        logits = infer(model, preprocess, x, tta=tta, multi_label=True)
+        loss_sum += (
+            torch.nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="sum").double().item()
+        )
+        p = logits.sigmoid()
+        probs.append(p.cpu())
+        targets.append(y.cpu())
+        pred = above_thresholds(p, thresholds)
+        wrong = (pred != (y > 0.5)).any(1).nonzero().flatten()[: max_shown - len(wrong_images)]
+        if len(wrong):
+            wrong_images.extend(preprocess.unit(x[wrong]).cpu())
+            true, guessed = set_titles(y[wrong], classes), set_titles(pred[wrong].float(), classes)
+            wrong_titles.extend(f"true {t}\npred {g}" for t, g in zip(true, guessed, strict=True))
+    scores, truth = torch.cat(probs), torch.cat(targets)
+    metrics = multilabel_metrics(scores, truth, thresholds, classes)
+    report = {**head, "multi_label": True, "images": len(truth), "loss": loss_sum / max(truth.numel(), 1),
+              "accuracy": metrics["exact_match"], **metrics}  # fmt: skip
+    files.write_json(out / "eval.json", report)
+    if wrong_images:
+        plots.plot_grid(torch.stack(wrong_images), wrong_titles, out / "misclassified.png")
     return report

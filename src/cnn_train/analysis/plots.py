@@ -37,6 +37,8 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | Path) -> None:
     ax.plot(epochs, [r["train_loss"] for r in history], "-", label="train loss")
     ax.plot(epochs, [r["train_acc"] for r in history], "--", label="train acc")
     ax.plot(epochs, [r["val_acc"] for r in history], "-.", label="val acc")
+    if all(r.get("val_map") is not None for r in history):  # multi-label: what picks best.pt
+        ax.plot(epochs, [r["val_map"] for r in history], ":", label="val mAP")
     ax.set_xlabel("epoch")
     ax.grid(True, alpha=0.3)
     ax.legend()

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from cnn_train.reports.sweep import SUMMARY_FIELDS, after_sweep, write_summary
+from cnn_train.reports.sweep import after_sweep, summary_fields, write_summary
 
 
 class SweepSummary(Callback):
@@ -23,7 +23,7 @@ class SweepSummary(Callback):
         if not rows:
             return
         table = Table(title=f"sweep summary ({sweep_dir / 'summary.csv'})")
-        shown = SUMMARY_FIELDS[:-2]  # overrides and error are long: summary.csv has them
+        shown = summary_fields(rows)[:-2]  # overrides and error are long: summary.csv has them
         for name in shown:
             table.add_column(name)
         for r in rows:

@@ -1,7 +1,8 @@
 """Self-describing checkpoints: everything predict needs, in plain containers that weights_only reads.
 
 Layout (nanoGPT's `model_args` idea): format, model {name, kwargs}, state_dict, classes, eval_transform,
-config (resolved), epoch, metrics; last.pt adds optimizer, scheduler, rng and history for resuming.
+config (resolved), epoch, metrics, multi_label and (multi-label) the per-class decision thresholds; last.pt
+adds optimizer, scheduler, rng and history for resuming.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch import nn
 from cnn_train.config import DataConfig, TrainerConfig, with_defaults
 from cnn_train.data.datasets import Dataset, load_dataset
 from cnn_train.data.transforms import EvalTransform
+from cnn_train.inference.infer import DEFAULT_THRESHOLD
 from cnn_train.models import build_model
 from cnn_train.runtime.errors import UserError
 from cnn_train.runtime.files import atomic_write
@@ -77,7 +79,17 @@ def dataset(payload: dict[str, Any], data: dict[str, Any] | None = None) -> Data
     """The checkpoint's own data (or `data`, a data config), split with the seed it was trained with."""
     cfg = with_defaults(DataConfig, data or payload["config"]["data"])
     seed = with_defaults(TrainerConfig, payload["config"]["trainer"]).seed
-    return load_dataset(cfg.name, cfg.root, cfg.val_split, seed, cfg.channels)
+    return load_dataset(cfg.name, cfg.root, cfg.val_split, seed, cfg.channels, multi_label=cfg.multi_label)
+
+
+def is_multi_label(payload: dict[str, Any]) -> bool:
+    """Whether the checkpoint's network scores each class on its own (sigmoid) rather than one class (softmax)."""
+    return bool(payload.get("multi_label", False))
+
+
+def thresholds(payload: dict[str, Any]) -> list[float]:
+    """A multi-label checkpoint's per-class decision thresholds (tuned on validation); 0.5 each where it has none."""
+    return list(payload.get("thresholds") or [DEFAULT_THRESHOLD] * len(payload["classes"]))
 
 
 def eval_transform(payload: dict[str, Any]) -> EvalTransform:

@@ -1,7 +1,8 @@
 """cnn-export: a checkpoint as ONNX (dynamic batch) or TorchScript, checked against PyTorch on real images.
 
-The exported network takes normalised float images; the classes and the eval transform travel inside the
-file (ONNX metadata, a TorchScript extra file), so cnn-predict can use an .onnx file like a checkpoint.
+The exported network takes normalised float images and gives logits; the classes, the eval transform and
+(multi-label) the per-class thresholds travel inside the file (ONNX metadata, a TorchScript extra file), so
+cnn-predict can use an .onnx file like a checkpoint. The check compares logits, whichever head reads them.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ def export(
             "model": payload["model"],
             "classes": payload["classes"],
             "eval_transform": payload["eval_transform"],
+            "multi_label": checkpoint.is_multi_label(payload),
+            "thresholds": payload.get("thresholds"),
         }
     )
     images = real_batch(payload)
@@ -110,6 +113,8 @@ class OnnxModel:
         meta = json.loads(props[META_KEY])
         self.classes: list[str] = meta["classes"]
         self.spec = EvalTransform.from_dict(meta["eval_transform"])
+        self.multi_label: bool = bool(meta.get("multi_label", False))
+        self.thresholds: list[float] | None = meta.get("thresholds")
         self.input = self.session.get_inputs()[0].name
 
     def eval(self) -> OnnxModel:

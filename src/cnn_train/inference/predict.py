@@ -1,4 +1,8 @@
-"""predict(checkpoint, inputs) -> rows: the checkpoint alone says how to build, transform and name."""
+"""predict(checkpoint, inputs) -> rows: the checkpoint alone says how to build, transform and name.
+
+A single-label checkpoint gives each image its top-k classes; a multi-label one every class whose probability
+reaches that class's threshold (tuned on validation, carried by the checkpoint), most probable first.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from cnn_train.data.transforms import Preprocess, read_image_tensor
 from cnn_train.inference import checkpoint
 from cnn_train.inference.export import OnnxModel
-from cnn_train.inference.infer import infer
+from cnn_train.inference.infer import DEFAULT_THRESHOLD, above_thresholds, infer, probabilities
 from cnn_train.runtime import files
 from cnn_train.runtime.errors import UserError
 
@@ -21,7 +25,46 @@ from cnn_train.runtime.errors import UserError
 @dataclass
 class Prediction:
     path: str
-    topk: list[tuple[str, float]] = field(default_factory=list)
+    topk: list[tuple[str, float]] = field(default_factory=list)  # multi-label: every label predicted
+    multi_label: bool = False
+
+
+@dataclass
+class Predictor:
+    """What a checkpoint or an .onnx export says about using it: network, transform, classes, thresholds."""
+
+    model: Any
+    spec: Any
+    classes: list[str]
+    multi_label: bool = False
+    thresholds: list[float] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, ckpt: str | Path, device: torch.device) -> Predictor:
+        if Path(ckpt).suffix == ".onnx":  # an export from cnn-export carries classes and transform itself
+            model = OnnxModel(ckpt)
+            k = len(model.classes)
+            return cls(model, model.spec, model.classes, model.multi_label,
+                       model.thresholds or [DEFAULT_THRESHOLD] * k)  # fmt: skip
+        payload = checkpoint.load(ckpt)
+        return cls(
+            checkpoint.inference_model(payload, device, ckpt), checkpoint.eval_transform(payload),
+            payload["classes"], checkpoint.is_multi_label(payload), checkpoint.thresholds(payload),
+        )  # fmt: skip
+
+    def rows(self, names: list[str], logits: torch.Tensor, topk: int) -> list[Prediction]:
+        """Top-k (class, probability) per image; multi-label: every class at or above its threshold."""
+        probs = probabilities(logits, self.multi_label)
+        if not self.multi_label:
+            top_p, top_i = probs.topk(max(1, min(topk, len(self.classes))), dim=1)
+            return [Prediction(name, [(self.classes[i], p) for i, p in zip(idx, ps, strict=True)])
+                    for name, ps, idx in zip(names, top_p.tolist(), top_i.tolist(), strict=True)]  # fmt: skip
+        chosen = above_thresholds(probs, self.thresholds)
+        rows = []
+        for name, p, keep in zip(names, probs.tolist(), chosen.tolist(), strict=True):
+            labels = sorted(((self.classes[i], p[i]) for i, k in enumerate(keep) if k), key=lambda t: -t[1])
+            rows.append(Prediction(name, labels, multi_label=True))
+        return rows
 
 
 def expand_inputs(spec: str) -> list[Path]:
@@ -55,17 +98,12 @@ def predict(
     device: torch.device | None = None,
     batch_size: int = 64,
 ) -> tuple[list[Prediction], list[tuple[str, str]]]:
-    """Top-k (class, probability) per readable image, plus (path, reason) for each unreadable one."""
+    """Top-k (class, probability) per readable image (multi-label: every label predicted), plus (path,
+    reason) for each unreadable one."""
     device = device or torch.device("cpu")
-    if Path(ckpt).suffix == ".onnx":  # an export from cnn-export carries classes and transform itself
-        model: Any = OnnxModel(ckpt)
-        spec, classes = model.spec, model.classes
-    else:
-        payload = checkpoint.load(ckpt)
-        model = checkpoint.inference_model(payload, device, ckpt)
-        spec, classes = checkpoint.eval_transform(payload), payload["classes"]
+    predictor = Predictor.load(ckpt, device)
+    spec = predictor.spec
     preprocess = Preprocess(spec).to(device)
-    k = max(1, min(topk, len(classes)))
     rows: list[Prediction] = []
     failed: list[tuple[str, str]] = []
     for start in range(0, len(paths), batch_size):
@@ -78,20 +116,23 @@ def predict(
                 failed.append((str(p), str(e)))
         if not batch:
             continue
-        probs = infer(model, preprocess, torch.stack(batch).to(device)).softmax(dim=1)
-        top_p, top_i = probs.topk(k, dim=1)
-        for name, ps, idx in zip(names, top_p.tolist(), top_i.tolist(), strict=True):
-            rows.append(Prediction(name, [(classes[i], p) for i, p in zip(idx, ps, strict=True)]))
+        logits = infer(predictor.model, preprocess, torch.stack(batch).to(device))
+        rows += predictor.rows(names, logits, topk)
     return rows, failed
 
 
 def write_predictions(path: str | Path, rows: list[Prediction]) -> None:
-    """One row per image: .json as a list of objects, .csv with class_i/prob_i columns."""
+    """One row per image: .json as a list of objects, .csv with class_i/prob_i columns.
+
+    Multi-label rows list the predicted labels (under "labels" in JSON; as many columns as the most labels).
+    """
     path = Path(path)
     if path.suffix.lower() == ".json":
         files.write_json(
-            path, [{"path": r.path, "topk": [{"class": c, "prob": p} for c, p in r.topk]} for r in rows]
-        )
+            path,
+            [{"path": r.path, "labels" if r.multi_label else "topk": [{"class": c, "prob": p} for c, p in r.topk]}
+             for r in rows],
+        )  # fmt: skip
     elif path.suffix.lower() == ".csv":
         table: list[dict[str, Any]] = []
         for r in rows:

@@ -12,6 +12,9 @@ from cnn_train.reports.rundata import command, number, read_metrics, resolved_co
 SPEED = ("precision", "channels_last", "compile", "threads", "processes", "tta")
 # Training settings results.json records when the run used them (shown only where present and set).
 TRAINING = ("epochs_run", "stop_reason", "effective_batch_size", "ema_decay", "grad_clip_norm")
+# What results.json adds for a multi-label run (its test accuracy is the exact-match ratio).
+MULTI_LABEL = {"test_map": "test mAP (macro)", "test_micro_f1": "test micro F1", "test_macro_f1": "test macro F1",
+               "best_val_map": "best validation mAP"}  # fmt: skip
 
 
 def run_sections(run_dir: Path, results: dict[str, Any], extra: dict[str, Any]) -> list[str]:
@@ -45,6 +48,10 @@ def overview(results: dict[str, Any], extra: dict[str, Any]) -> str:
         ),
     ]
     training = [(k.replace("_", " "), results[k]) for k in TRAINING if results.get(k) is not None]
+    if results.get("multi_label"):
+        items[2] = ("test exact-match ratio", results.get("test_acc"))
+        items[4] = ("validation exact-match ratio (best epoch)", results["best_val_acc"])
+        items[2:2] = [(name, results.get(k)) for k, name in MULTI_LABEL.items()]
     speed = [(f"speed: {k}", results[k]) for k in SPEED if k in results]
     numerics = ", ".join(f"{k} {v}" for k, v in results.get("inference", {}).items())
     return h.section("Summary", h.facts([*items, *training, *speed, ("inference numerics", numerics)]))
@@ -87,6 +94,8 @@ def test(run_dir: Path, extra: dict[str, Any]) -> str:
     result = extra.get("test")
     if not result:
         return h.section("Test set", h.note("no test predictions recorded (no test split, or an older run)"))
+    if result.get("multi_label"):
+        return test_sets(result)
     rows = [[r["class"], r["precision"], r["recall"], r["f1"], r["support"]] for r in result["per_class"]]
     cam = run_dir / "misclassified_cam.png"
     grid = cam if cam.is_file() else run_dir / "misclassified.png"
@@ -100,6 +109,20 @@ def test(run_dir: Path, extra: dict[str, Any]) -> str:
         "<h3>Misclassified</h3>",
         h.figure(grid, caption) if grid.is_file() else h.note("no misclassified images among those kept"),
     )
+
+
+def test_sets(result: dict[str, Any]) -> str:
+    """A multi-label test pass: mAP, F1 and exact match, and each class's AP at its tuned threshold."""
+    rows = [[r["class"], r["ap"], r["threshold"], r["precision"], r["recall"], r["f1"], r["support"]]
+            for r in result["per_class"]]  # fmt: skip
+    summary = (
+        f"<p>{result['images']:,} test images, mAP (macro) {h.fmt(result['map'])}, micro F1 "
+        f"{h.fmt(result['micro_f1'])}, macro F1 {h.fmt(result['macro_f1'])}, exact match "
+        f"{h.fmt(result['exact_match'])}; F1, precision and recall at each class's threshold (tuned for F1 on "
+        "the validation split).</p>"
+    )
+    headers = ["class", "AP", "threshold", "precision", "recall", "F1", "support"]
+    return h.section("Test set", summary, "<h3>Per class</h3>", h.table(headers, rows))
 
 
 def reproduce(run_dir: Path) -> str:

@@ -33,6 +33,7 @@ SUMMARY_FIELDS = [
     "overrides",
     "error",
 ]
+MULTI_LABEL_FIELDS = ["best_val_map", "test_map"]  # results of multi-label jobs, shown after test_acc
 COLUMNS = ["job", "overrides", "status", "best", "best_val_acc", "test_acc", "parameters", "FLOPs", "seconds",
            "images/s"]  # fmt: skip
 
@@ -50,6 +51,7 @@ def collect(sweep_dir: Path, metric: str = "best_val_acc") -> list[dict[str, Any
             results = json.loads(results_file.read_text())
             row.update(status="ok", best_val_acc=results["best_val_acc"], test_acc=results["test_acc"])
             row.update(wall_seconds=results["wall_seconds"], metric=results.get(metric))
+            row.update({k: results[k] for k in MULTI_LABEL_FIELDS if k in results})
         else:
             error = job / "error.txt"
             row.update(status="failed", best_val_acc=None, test_acc=None, wall_seconds=None, metric=None)
@@ -66,13 +68,19 @@ def collect(sweep_dir: Path, metric: str = "best_val_acc") -> list[dict[str, Any
     return rows
 
 
+def summary_fields(rows: list[dict[str, Any]]) -> list[str]:
+    """summary.csv's columns: SUMMARY_FIELDS, with the mAP columns after test_acc when a job is multi-label."""
+    extra = [k for k in MULTI_LABEL_FIELDS if any(k in r for r in rows)]
+    at = SUMMARY_FIELDS.index("test_acc") + 1
+    return [*SUMMARY_FIELDS[:at], *extra, *SUMMARY_FIELDS[at:]]
+
+
 def write_summary(sweep_dir: Path, metric: str) -> list[dict[str, Any]]:
     """<sweep dir>/summary.csv: one row per job (`collect`); returns the rows (none: nothing written)."""
     rows = collect(sweep_dir, metric)
     if rows:
-        files.write_csv(
-            sweep_dir / "summary.csv", [{k: r.get(k) for k in SUMMARY_FIELDS} for r in rows], SUMMARY_FIELDS
-        )
+        fields = summary_fields(rows)
+        files.write_csv(sweep_dir / "summary.csv", [{k: r.get(k) for k in fields} for r in rows], fields)
     return rows
 
 
@@ -124,7 +132,10 @@ def leaderboard(rows: list[dict[str, Any]]) -> str:
 
     common = [o for o in rows[0]["overrides"].split() if o not in rows[0]["swept"].split()] if rows else []
     shared = f"<p>Every job also had: <code>{h.esc(' '.join(common))}</code></p>" if common else ""
-    return shared + h.table(COLUMNS, [[shown(r, k) for k in COLUMNS] for r in rows])
+    extra = [k for k in MULTI_LABEL_FIELDS if any(k in r for r in rows)]
+    at = COLUMNS.index("test_acc") + 1
+    columns = [*COLUMNS[:at], *extra, *COLUMNS[at:]]
+    return shared + h.table(columns, [[shown(r, k) for k in columns] for r in rows])
 
 
 def curves(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
