@@ -17,7 +17,7 @@ from cnn_train.analysis.multilabel import average_precision, multilabel_metrics,
 from cnn_train.data.batch_augment import BatchAugment
 from cnn_train.data.datasets import Dataset, FileSplit, TensorSplit, load_dataset, read_idx
 from cnn_train.data.loaders import Batches
-from cnn_train.data.transforms import EvalTransform, Preprocess
+from cnn_train.data.transforms import EvalTransform, Preprocess, read_image_tensor
 from cnn_train.inference import checkpoint
 from cnn_train.inference.infer import infer
 from cnn_train.inference.predict import expand_inputs, predict, write_predictions
@@ -40,10 +40,10 @@ CLASSES = [
     "Bag",
     "Ankle boot",
 ]
-VAL_BATCHES, TEST_BATCHES = 8, 4
+VAL_BATCHES, TEST_BATCHES, BATCH = 16, 8, 32
 TINY_RUN = ["data=fashion_mnist_multilabel", "model=resnet9", "model.args.width=4", "optimizer.lr=0.01",
-            "trainer.max_epochs=1", "trainer.limit_train_batches=150", f"trainer.limit_val_batches={VAL_BATCHES}",
-            f"trainer.limit_test_batches={TEST_BATCHES}", "data.batch_size=64"]  # fmt: skip
+            "trainer.max_epochs=1", "trainer.limit_train_batches=300", f"trainer.limit_val_batches={VAL_BATCHES}",
+            f"trainer.limit_test_batches={TEST_BATCHES}", f"data.batch_size={BATCH}"]  # fmt: skip
 
 # Three classes, four images. a: a plain ranking; b: a tie between a positive and a negative; c: no positive.
 SCORES = torch.tensor(
@@ -66,6 +66,9 @@ def test_thresholds_maximise_f1_on_validation_by_hand() -> None:
     # b: only predicting all four reaches F1 2·2/(4+2); below the lowest score (0.1) the cut is 0.05.
     # c: no positive to tune on: 0.5.
     assert tune_thresholds(SCORES, TARGETS) == pytest.approx([0.65, 0.05, 0.5], abs=1e-12)
+    # F1 2/3 both when predicting the top image only and when predicting all four: the higher cut wins
+    ranked = torch.tensor([[0.9], [0.8], [0.7], [0.6]], dtype=torch.float64)
+    assert tune_thresholds(ranked, torch.tensor([[1.0], [0], [0], [1]])) == pytest.approx([0.85], abs=1e-12)
     m = multilabel_metrics(SCORES, TARGETS, [0.65, 0.05, 0.5], ["a", "b", "c"])
     # a: tp 2 fp 1 → F1 0.8; b: tp 2 fp 2 → F1 2/3; c (no positive, none predicted) is left out of the means.
     assert m["macro_f1"] == pytest.approx((0.8 + 2 / 3) / 2, abs=1e-12)
@@ -190,7 +193,7 @@ def test_settings_that_need_label_sets_or_single_labels_fail_before_training(fas
 
 @pytest.fixture(scope="module")
 def trained(fashion_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small ResNet-9 trained for 150 steps on the mosaics; report.html written."""
+    """A small ResNet-9 trained for 300 steps of 32 mosaics; report.html written."""
     run_dir = tmp_path_factory.mktemp("multilabel_run")
     fit(make_config(*TINY_RUN, "trainer.report=true"), run_dir)
     return run_dir
@@ -201,23 +204,21 @@ def test_best_pt_carries_thresholds_tuned_on_validation_and_is_tested_at_them(tr
     assert payload["multi_label"] and len(payload["thresholds"]) == 10
     data = checkpoint.dataset(payload)
     model = checkpoint.inference_model(payload, torch.device("cpu"))
-    preprocess = Preprocess(checkpoint.eval_transform(payload))
+    spec = checkpoint.eval_transform(payload)
     probs, targets = [], []
-    for x, y in Batches(
-        data.val, checkpoint.eval_transform(payload), 64, torch.device("cpu"), limit=VAL_BATCHES
-    ):
-        probs.append(infer(model, preprocess, x).sigmoid())
+    for x, y in Batches(data.val, spec, BATCH, torch.device("cpu"), limit=VAL_BATCHES):
+        probs.append(infer(model, Preprocess(spec), x).sigmoid())
         targets.append(y)
-    assert (
-        tune_thresholds(torch.cat(probs), torch.cat(targets)) == payload["thresholds"]
-    )  # the same computation
+    # validation's own computation, repeated: the thresholds are exactly those tuned for best.pt's weights
+    assert tune_thresholds(torch.cat(probs), torch.cat(targets)) == payload["thresholds"]
     results = json.loads((trained / "results.json").read_text())
     report = evaluate_checkpoint(trained / "best.pt", trained / "eval", limit_batches=TEST_BATCHES)
     assert report["map"] == results["test_map"] and report["exact_match"] == results["test_acc"]
-    assert results["best_val_map"] == payload["metrics"]["val_map"]
+    assert results["best_val_map"] == payload["metrics"]["val_map"] and results["monitor"] == "val_map"
     section = json.loads((trained / "report.json").read_text())["test"]
     assert [r["threshold"] for r in section["per_class"]] == payload["thresholds"]
-    assert results["test_map"] > 0.7  # a model that learned the classes, not the label frequencies (≈ 0.23)
+    # 0.83 here; a model that learned only how often each class occurs ranks at random: mAP ≈ 0.23
+    assert results["test_map"] > 0.7
     assert "test mAP" in (trained / "report.html").read_text()
 
 
@@ -226,17 +227,23 @@ def test_predict_lists_every_label_above_its_threshold(
 ) -> None:
     mosaics = load_dataset("fashion_mnist_multilabel", fashion_root, 0.1, 42).test
     truth = []
-    for i in range(24):
+    for i in range(32):
         Image.fromarray(mosaics.images[i, 0].numpy()).save(tmp_path / f"{i:02d}.png")
         truth.append({c for c, v in zip(CLASSES, mosaics.labels[i].tolist(), strict=True) if v})
     rows, failed = predict(trained / "best.pt", expand_inputs(str(tmp_path)))
     assert not failed and all(r.multi_label for r in rows)
     predicted = [{c for c, _ in r.topk} for r in rows]
-    assert sum(len(p) >= 2 for p in predicted) >= 8  # several labels on many images, not a top-1
+    assert sum(len(p) >= 2 for p in predicted) >= 12  # several labels on many images, not a top-1
     hits = sum(len(p & t) for p, t in zip(predicted, truth, strict=True))
-    assert 2 * hits / (sum(map(len, predicted)) + sum(map(len, truth))) > 0.7  # micro F1 over the 24 images
-    thresholds = dict(zip(CLASSES, checkpoint.load(trained / "best.pt")["thresholds"], strict=True))
-    assert all(p >= thresholds[c] for r in rows for c, p in r.topk)
+    assert 2 * hits / (sum(map(len, predicted)) + sum(map(len, truth))) > 0.6  # micro F1 (0.76 on all test)
+    payload = checkpoint.load(trained / "best.pt")
+    spec, model = checkpoint.eval_transform(payload), checkpoint.inference_model(payload, torch.device("cpu"))
+    images = torch.stack([read_image_tensor(r.path, spec) for r in rows])
+    probs = infer(model, Preprocess(spec), images).sigmoid().tolist()
+    above = [
+        {c for c, p, t in zip(CLASSES, ps, payload["thresholds"], strict=True) if p >= t} for ps in probs
+    ]
+    assert predicted == above  # each image's labels: exactly the classes at or above their own threshold
     write_predictions(tmp_path / "out.json", rows)
     assert json.loads((tmp_path / "out.json").read_text())[0]["labels"][0]["class"] == rows[0].topk[0][0]
     maps = save_prediction_cams(trained / "best.pt", rows[:4], tmp_path / "cam", torch.device("cpu"))

@@ -389,9 +389,10 @@ def summarize(
         "wall_seconds": round(seconds, 2),
         "lr_find": {"suggested_lr": cfg.optimizer.lr, "curve": "lr_find.json"} if cfg.trainer.lr_find else None,
     }  # fmt: skip
-    if s.data.multi_label:  # test_acc is the exact-match ratio, at the thresholds best.pt carries
-        results.update(multi_label=True, best_val_map=state.best.get("map"), monitor="val_map")
-        results.update({f"test_{k}": test[k] if test else None for k in ("map", "micro_f1", "macro_f1")})
+    if s.data.multi_label:  # test_acc is the exact-match ratio (test_exact_match), at best.pt's thresholds
+        results.update(multi_label=True, best_val_map=state.best.get("map"), monitor=f"val_{state.monitor}")
+        named = ("map", "micro_f1", "macro_f1", "exact_match")
+        results.update({f"test_{k}": test[k] if test else None for k in named})
     return results
 
 
