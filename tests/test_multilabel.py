@@ -21,6 +21,7 @@ from cnn_train.data.transforms import EvalTransform, Preprocess, read_image_tens
 from cnn_train.inference import checkpoint
 from cnn_train.inference.infer import infer
 from cnn_train.inference.predict import expand_inputs, predict, write_predictions
+from cnn_train.reports.sweep import write_summary
 from cnn_train.runtime.errors import UserError
 from cnn_train.training.engine import EpochProgress
 from cnn_train.training.fit import TrainState, fit
@@ -248,3 +249,17 @@ def test_predict_lists_every_label_above_its_threshold(
     assert json.loads((tmp_path / "out.json").read_text())[0]["labels"][0]["class"] == rows[0].topk[0][0]
     maps = save_prediction_cams(trained / "best.pt", rows[:4], tmp_path / "cam", torch.device("cpu"))
     assert len(maps) == sum(len(r.topk) for r in rows[:4])  # one Grad-CAM per predicted label
+
+
+def test_sweep_summary_adds_map_columns_for_multi_label_jobs(tmp_path: Path) -> None:
+    for job, results in enumerate([{"best_val_map": 0.9, "test_map": 0.8}, {}]):
+        (tmp_path / str(job) / ".hydra").mkdir(parents=True)
+        (tmp_path / str(job) / ".hydra" / "overrides.yaml").write_text(f"- trainer.seed={job}\n")
+        base = {"best_val_acc": 0.5, "test_acc": 0.4, "wall_seconds": 1.0}
+        (tmp_path / str(job) / "results.json").write_text(json.dumps({**base, **results}))
+    write_summary(tmp_path, "best_val_map")
+    header, first, second = (tmp_path / "summary.csv").read_text().splitlines()
+    assert header.startswith("job,swept,status,best,best_val_acc,test_acc,best_val_map,test_map,")
+    assert first.startswith("0,trainer.seed=0,ok,*,0.5,0.4,0.9,0.8,") and second.startswith(
+        "1,trainer.seed=1,ok,,0.5,0.4,,,"
+    )
