@@ -6,6 +6,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from cnn_train.data.datasets import DATASETS
 from cnn_train.models import list_models
 from cnn_train.training.schedules import Schedule
 from tests.conftest import CONFIGS, make_config
@@ -19,7 +20,7 @@ def test_option_composes(group: str, option: str) -> None:
     extra = ["data.root=/tmp"] if (group, option) == ("data", "image_folder") else []
     cfg = make_config(f"{group}={option}", *extra)
     assert cfg.model.name in list_models()
-    assert cfg.data.name in {"fashion_mnist", "mnist", "cifar10", "image_folder"}
+    assert cfg.data.name in DATASETS.split(", ")
 
 
 def test_model_config_names_match_registry() -> None:

@@ -87,10 +87,11 @@ def multilabel_metrics(
 
 
 def set_titles(rows: torch.Tensor, classes: Sequence[str], shares: bool = False) -> list[str]:
-    """'bag, coat' per row of 0/1 labels (or of predictions); with `shares` a mixed label shows its weights."""
+    """'bag, coat' per row of 0/1 labels (or of predictions), two labels a line; with `shares` a mixed label
+    shows its weights."""
     titles = []
     for row in rows.tolist():
         named = [(classes[i], v) for i, v in enumerate(row) if v > 1e-3]
         shown = [c if not shares or v > 0.999 else f"{c} {v:.2f}" for c, v in named]
-        titles.append(", ".join(shown) or "(none)")
+        titles.append("\n".join(", ".join(shown[i : i + 2]) for i in range(0, len(shown), 2)) or "(none)")
     return titles

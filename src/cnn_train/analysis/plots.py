@@ -51,7 +51,8 @@ def plot_grid(images: torch.Tensor, titles: Sequence[str], path: str | Path, col
     n = len(images)
     rows = max(1, math.ceil(n / columns))
     cols = min(columns, max(n, 1))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)
+    lines = max((t.count("\n") + 1 for t in titles), default=1)  # label sets take several lines
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, (1.5 + 0.15 * lines) * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, img, title in zip(axes.flat, images, titles, strict=False):
