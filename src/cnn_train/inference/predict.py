@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from cnn_train.data.transforms import Preprocess, read_image_tensor
+from cnn_train.data.transforms import EvalTransform, Preprocess, read_image_tensor
 from cnn_train.inference import checkpoint
 from cnn_train.inference.export import OnnxModel
 from cnn_train.inference.infer import DEFAULT_THRESHOLD, above_thresholds, infer, probabilities
@@ -33,14 +33,15 @@ class Prediction:
 class Predictor:
     """What a checkpoint or an .onnx export says about using it: network, transform, classes, thresholds."""
 
-    model: Any
-    spec: Any
+    model: Any  # the inference network, or an OnnxModel
+    spec: EvalTransform
     classes: list[str]
     multi_label: bool = False
     thresholds: list[float] = field(default_factory=list)
 
     @classmethod
     def load(cls, ckpt: str | Path, device: torch.device) -> Predictor:
+        """From the file alone; thresholds 0.5 where a multi-label file carries none."""
         if Path(ckpt).suffix == ".onnx":  # an export from cnn-export carries classes and transform itself
             model = OnnxModel(ckpt)
             k = len(model.classes)
