@@ -9,6 +9,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from cnn_train.data.datasets import DATASETS
 from cnn_train.models import list_models
 from cnn_train.training.schedules import Schedule
 from tests.conftest import CONFIGS, make_config
@@ -45,7 +46,7 @@ def test_option_composes(group: str, option: str) -> None:
     extra = required.get(option, []) if group == "data" else []
     cfg = make_config(f"{group}={option}", *extra)
     assert cfg.model.name in list_models()
-    assert cfg.data.name in {"fashion_mnist", "mnist", "cifar10", "image_folder", "csv"}
+    assert cfg.data.name in DATASETS.split(", ")
     own, overrides, is_global = choice_file(group, option)
     pairing = CONFIGS / "model_data" / f"{cfg.model.name}_{cfg.data.name}.yaml"
     paired = leaves(OmegaConf.to_container(OmegaConf.load(pairing))) if pairing.is_file() else {}

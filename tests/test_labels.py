@@ -23,8 +23,7 @@ from cnn_train.data.table import LabelFile
 from cnn_train.inference import checkpoint
 from cnn_train.runtime.errors import Interrupted, UserError
 from cnn_train.training.fit import check_config, fit
-from tests.conftest import TINY, make_config, sigterm_after_first_save
-from tests.test_cli import run
+from tests.conftest import TINY, make_config, run, sigterm_after_first_save
 from tests.test_reliability import metrics
 
 COLOURS = {"red": 0, "green": 1, "blue": 2}  # the channel each class lights up

@@ -36,7 +36,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     name: str = (
-        MISSING  # fashion_mnist | mnist | cifar10 | image_folder | csv; set by configs/data/<name>.yaml
+        MISSING  # fashion_mnist | mnist | cifar10 | image_folder | csv | fashion_mnist_multilabel (per yaml)
     )
     root: str | None = MISSING  # where the files are (per choice); csv: null = paths relative to data.file
     batch_size: int = 128  # images per step (the global batch under torchrun)
@@ -60,12 +60,13 @@ class DataConfig:
     folds: int | None = None  # k-fold: split the training data into this many stratified folds; null = off
     fold: int = 0  # k-fold: the fold (counted from 0) that validates; the others train
     sampler: str = "shuffle"  # shuffle (each image once per epoch) | balanced (∝ 1/class frequency, replaced)
+    multi_label: bool = False  # labels are sets: sigmoid + BCE, per-class thresholds (single labels: one-hot)
 
 
 @dataclass
 class EarlyStoppingConfig:
     patience: int | None = None  # stop after this many epochs without improvement; null = never
-    monitor: str = "val_acc"  # val_acc | val_loss: the validation metric watched
+    monitor: str = "val_acc"  # val_acc | val_loss | val_map (multi-label): the validation metric watched
     min_delta: float = 0.0  # an improvement must beat the best so far by more than this
 
 
@@ -103,6 +104,7 @@ class TrainerConfig:
     accumulate_grad_batches: int = 1  # optimizer step every N batches: effective batch = N × data.batch_size
     decay_norm_and_bias: bool = False  # also weight-decay normalisation weights and biases (off: timm's rule)
     class_weights: str | None = None  # null | balanced: inverse-frequency class weights in the training loss
+    pos_weight: str | None = None  # multi-label: null | balanced: BCE positives × negatives/positives (train)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)  # knowledge distillation from a teacher
     max_time: str | None = None  # hard stop from the start: 600, 90s, 10m, 1h30m; then best.pt is tested

@@ -27,6 +27,7 @@ from cnn_train.data.preprocess import Preprocess
 from cnn_train.inference.artifact import Artifact, open_artifact
 from cnn_train.inference.export import OnnxModel, export
 from cnn_train.runtime.cpu import cpu_description
+from cnn_train.runtime.errors import UserError
 from cnn_train.runtime.hardware import cpu_has_fast_bf16
 
 
@@ -161,8 +162,12 @@ def bench(
 ) -> dict[str, Any]:  # fmt: skip
     """Every format of `ckpt` that this machine runs, measured; the others listed with the reason."""
     torch.set_num_threads(threads)
-    fp32, int8 = exports(ckpt, [f for f in formats if skip_reason(f) is None], calibration_images, say)
     art = open_artifact(ckpt, torch.device("cpu"))
+    if art.multi_label and (with_accuracy or "onnx_int8" in formats):
+        raise UserError(f"{ckpt}: a multi-label checkpoint; cnn-bench's accuracy and its int8 file are for "
+                        "single-label ones (cnn-eval gives mAP): bench it with accuracy=false and without "
+                        "onnx_int8 in formats")  # fmt: skip
+    fp32, int8 = exports(ckpt, [f for f in formats if skip_reason(f) is None], calibration_images, say)
     batches, _, _ = split_batches(art, None, "test", torch.device("cpu"), batch_size, 1)
     images, _ = next(iter(batches))
     inputs = Preprocess(art.spec)(images)  # normalised test images: what every format's network takes

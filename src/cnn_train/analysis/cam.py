@@ -11,6 +11,7 @@ and explain the class `inference.infer` predicts unless told another.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,20 +140,31 @@ def save_prediction_cams(
     device: torch.device,
     batch_size: int = 64,
 ) -> list[Path]:
-    """For each predicted image, its top class's Grad-CAM titled with class and probability; numbered files."""
+    """For each predicted image, its top class's Grad-CAM titled with class and probability; numbered files.
+
+    Multi-label rows get one map per predicted label (`<n>_<stem>_<label>.png`), none when no label is predicted.
+    """
     if Path(ckpt).suffix == ".onnx":
         raise UserError(f"cam: {ckpt} is an ONNX export; Grad-CAM needs the PyTorch checkpoint's gradients")
     payload = checkpoint.load(ckpt)
     model = checkpoint.inference_model(payload, device, ckpt)
     spec, classes = checkpoint.eval_transform(payload), list(payload["classes"])
     preprocess = Preprocess(spec).to(device)
+    maps = [(i, r, name, prob) for i, r in enumerate(rows)
+            for name, prob in (r.topk if r.multi_label else r.topk[:1])]  # fmt: skip
     written: list[Path] = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        images = torch.stack([read_image_tensor(r.path, spec) for r in chunk]).to(device)
-        targets = torch.tensor([classes.index(r.topk[0][0]) for r in chunk], device=device)
-        titles = [f"class: {r.topk[0][0]} prob: {r.topk[0][1]:.3f}" for r in chunk]
-        paths = [folder / f"{start + i:04d}_{Path(r.path).stem}.png" for i, r in enumerate(chunk)]
+    for start in range(0, len(maps), batch_size):
+        chunk = maps[start : start + batch_size]
+        images = torch.stack([read_image_tensor(r.path, spec) for _, r, _, _ in chunk]).to(device)
+        targets = torch.tensor([classes.index(name) for _, _, name, _ in chunk], device=device)
+        titles = [f"class: {name} prob: {prob:.3f}" for _, _, name, prob in chunk]
+        paths = [folder / _cam_name(i, r, name) for i, r, name, _ in chunk]
         save_cam_images(model, preprocess, images, titles, paths, targets)
         written.extend(paths)
     return written
+
+
+def _cam_name(index: int, row: Prediction, label: str) -> str:
+    """Numbered (names repeat across folders); a multi-label map also names its label, made file-safe."""
+    stem = f"{index:04d}_{Path(row.path).stem}"
+    return f"{stem}_{re.sub(r'[^A-Za-z0-9._-]+', '_', label)}.png" if row.multi_label else f"{stem}.png"

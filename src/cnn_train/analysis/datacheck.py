@@ -102,6 +102,10 @@ def _load(
 ) -> tuple[dict[str, Any], dict[str, Any], list[str], int | None]:
     """The splits as cnn-train sees them, for held-out splits the source index of every image, the classes,
     and a CSV's bad rows skipped (cnn-data reports them instead of stopping)."""
+    if name == "fashion_mnist_multilabel":
+        raise UserError(
+            "data.name: fashion_mnist_multilabel is built from Fashion-MNIST: check data=fashion_mnist"
+        )
     src = ds.read_source(name, root, strict=False, table=table)
     pool = validation_pool(src.splits, folds)
     if pool is None:

@@ -1,7 +1,9 @@
 """cnn-eval's work: a checkpoint or an ONNX export on a data split, as numbers (eval.json) and figures (PNG).
 
 `score` is the one pass over a split that cnn-eval, the int8 export's accuracy check and cnn-bench share, so
-the accuracies they report for the same file and batch size are the same number.
+the accuracies they report for the same file and batch size are the same number. A multi-label file is scored
+by analysis.multilabel at the thresholds it carries: mAP, F1, exact match and each class's AP, with the
+images whose predicted label set is wrong.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ from typing import Any
 import torch
 
 from cnn_train.analysis import plots
+from cnn_train.analysis.multilabel import multilabel_metrics, set_titles
 from cnn_train.config import TrainerConfig, with_defaults
 from cnn_train.data.datasets import Split
 from cnn_train.data.loaders import Batches
 from cnn_train.data.preprocess import Preprocess
 from cnn_train.inference import checkpoint
 from cnn_train.inference.artifact import Artifact, open_artifact
-from cnn_train.inference.infer import INFERENCE, infer
+from cnn_train.inference.infer import INFERENCE, above_thresholds, infer
 from cnn_train.runtime import files
 from cnn_train.runtime.errors import UserError
 
@@ -104,6 +107,10 @@ def split_batches(
         raise UserError(
             f"data: {cfg['name']} has {len(dataset.classes)} classes, the checkpoint {len(art.classes)}"
         )
+    if art.multi_label != dataset.multi_label:
+        kinds = {True: "multi-label", False: "single-label"}
+        raise UserError(f"data: {cfg['name']} is {kinds[dataset.multi_label]}, the checkpoint "
+                        f"{kinds[art.multi_label]} (data.multi_label)")  # fmt: skip
     chosen: Split | None = dataset.test if split == "test" else dataset.val
     if chosen is None:
         raise UserError(f"split: {cfg['name']} at {cfg['root']} has no test split; use split=val")
@@ -137,6 +144,13 @@ def evaluate_checkpoint(
         tta = bool(with_defaults(TrainerConfig, art.config.get("trainer", {})).tta)
     batches, cfg, batch_size = split_batches(art, data, split, device, batch_size, limit_batches)
     preprocess = Preprocess(art.spec).to(device)
+    if art.multi_label:
+        if cam:
+            raise UserError("cam: Grad-CAMs of mistakes are drawn for single-label checkpoints; for label sets "
+                            "cnn-predict cam=true draws one map per predicted label")  # fmt: skip
+        head = {"checkpoint": str(ckpt), "data": cfg["name"], "split": split, "tta": tta, "batch_size": batch_size,
+                "inference": {**INFERENCE, "runtime": "onnxruntime" if art.is_onnx else "pytorch"}}  # fmt: skip
+        return evaluate_sets(art, preprocess, batches, head, Path(out_dir), tta, max_shown)
     scores = score(art.model, preprocess, batches, len(art.classes), tta, max_shown)
     seen = max(scores.seen, 1)
     report = {
@@ -159,4 +173,42 @@ def evaluate_checkpoint(
             from cnn_train.analysis.cam import save_cam_grid
 
             save_cam_grid(art.model, preprocess, images, titles, out / "misclassified_cam.png", predicted)
+    return report
+
+
+def evaluate_sets(
+    art: Artifact,
+    preprocess: Preprocess,
+    batches: Batches,
+    head: dict[str, Any],
+    out: Path,
+    tta: bool = False,
+    max_shown: int = 32,
+) -> dict[str, Any]:
+    """A multi-label checkpoint at its thresholds: eval.json (mAP, F1, exact match, per-class AP) and the
+    images whose predicted set differs from their true set (misclassified.png)."""
+    classes, thresholds = list(art.classes), art.thresholds
+    probs, targets, loss_sum = [], [], 0.0
+    wrong_images, wrong_titles = [], []
+    for x, y in batches:
+        logits = infer(art.model, preprocess, x, tta=tta, multi_label=True)
+        loss_sum += (
+            torch.nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="sum").double().item()
+        )
+        p = logits.sigmoid()
+        probs.append(p.cpu())
+        targets.append(y.cpu())
+        pred = above_thresholds(p, thresholds)
+        wrong = (pred != (y > 0.5)).any(1).nonzero().flatten()[: max_shown - len(wrong_images)]
+        if len(wrong):
+            wrong_images.extend(preprocess.unit(x[wrong]).cpu())
+            true, guessed = set_titles(y[wrong], classes), set_titles(pred[wrong].float(), classes)
+            wrong_titles.extend(f"true {t}\npred {g}" for t, g in zip(true, guessed, strict=True))
+    scores, truth = torch.cat(probs), torch.cat(targets)
+    metrics = multilabel_metrics(scores, truth, thresholds, classes)
+    report = {**head, "multi_label": True, "images": len(truth), "loss": loss_sum / max(truth.numel(), 1),
+              "accuracy": metrics["exact_match"], **metrics}  # fmt: skip
+    files.write_json(out / "eval.json", report)
+    if wrong_images:
+        plots.plot_grid(torch.stack(wrong_images), wrong_titles, out / "misclassified.png")
     return report

@@ -37,6 +37,8 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | Path) -> None:
     ax.plot(epochs, [r["train_loss"] for r in history], "-", label="train loss")
     ax.plot(epochs, [r["train_acc"] for r in history], "--", label="train acc")
     ax.plot(epochs, [r["val_acc"] for r in history], "-.", label="val acc")
+    if all(r.get("val_map") is not None for r in history):  # multi-label: what picks best.pt
+        ax.plot(epochs, [r["val_map"] for r in history], ":", label="val mAP")
     ax.set_xlabel("epoch")
     ax.grid(True, alpha=0.3)
     ax.legend()
@@ -48,7 +50,8 @@ def plot_grid(images: torch.Tensor, titles: Sequence[str], path: str | Path, col
     n = len(images)
     rows = max(1, math.ceil(n / columns))
     cols = min(columns, max(n, 1))
-    fig, axes = subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)
+    lines = max((t.count("\n") + 1 for t in titles), default=1)  # label sets take several lines
+    fig, axes = subplots(rows, cols, figsize=(1.6 * cols, (1.5 + 0.15 * lines) * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, img, title in zip(axes.flat, images, titles, strict=False):

@@ -30,6 +30,11 @@ def int8_path(ckpt: str | Path) -> Path:
 
 def accuracy(art: Artifact) -> tuple[float, str, int]:
     """(accuracy, split, images) of the file on its own test split, else its validation split."""
+    if art.multi_label:
+        raise UserError(
+            f"quantize: {art.path} is a multi-label checkpoint, and the int8 gate compares single-label test "
+            "accuracy; export it without quantize"
+        )
     cpu = torch.device("cpu")
     for split in ("test", "val"):
         try:

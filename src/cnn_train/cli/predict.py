@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -78,17 +79,16 @@ def save_figures(cfg: DictConfig, ckpt: Path, rows: list[Prediction]) -> None:
 
         folder = Path(f"{Path(cfg.output).with_suffix('')}_annotated") if cfg.output else Path("annotated")
         for i, row in enumerate(rows):
-            name, prob = row.topk[0]
             target = folder / f"{i:04d}_{Path(row.path).stem}.png"  # numbered: names repeat across folders
-            plot_annotated(row.path, f"class: {name} prob: {prob:.3f}", target)
+            plot_annotated(row.path, _title(row), target)
         console.print(f"wrote {len(rows)} annotated images to {folder}", highlight=False)
     if cfg.cam:
         from cnn_train.analysis import cam
         from cnn_train.runtime.hardware import pick_device
 
         folder = cam.cam_dir(cfg.output)
-        cam.save_prediction_cams(ckpt, rows, folder, pick_device(cfg.device), cfg.batch_size)
-        console.print(f"wrote {len(rows)} Grad-CAM images to {folder}", highlight=False)
+        maps = cam.save_prediction_cams(ckpt, rows, folder, pick_device(cfg.device), cfg.batch_size)
+        console.print(f"wrote {len(maps)} Grad-CAM images to {folder}", highlight=False)
 
 
 def _predict(args: list[str]) -> None:
@@ -104,7 +104,9 @@ def _predict(args: list[str]) -> None:
         return
     out = Console()
     for row in rows:
-        ranked = "  ".join(f"{name}: {prob:.3f}" for name, prob in row.topk)
+        ranked = (
+            "  ".join(f"{name}: {prob:.3f}" for name, prob in row.topk) or "(no label above its threshold)"
+        )
         out.print(f"{row.path}  {ranked}", highlight=False, soft_wrap=True)
     for _path, reason in failed:
         console.print(f"[red]failed:[/] {reason}", highlight=False)
@@ -112,6 +114,14 @@ def _predict(args: list[str]) -> None:
         console.print(f"wrote {len(rows)} rows to {cfg.output}", highlight=False)
     if failed:
         sys.exit(1)
+
+
+def _title(row: Any) -> str:
+    """The annotated image's title: its class, or (multi-label) every label predicted."""
+    if not row.multi_label:
+        name, prob = row.topk[0]
+        return f"class: {name} prob: {prob:.3f}"
+    return "labels: " + (", ".join(f"{name} {prob:.2f}" for name, prob in row.topk) or "none")
 
 
 def main() -> None:

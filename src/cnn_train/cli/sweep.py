@@ -16,7 +16,7 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         # Imported here: Hydra builds its callbacks before every run, and a plain run need not pay for them.
-        from cnn_train.reports.sweep import SUMMARY_FIELDS, after_sweep, write_summary
+        from cnn_train.reports.sweep import after_sweep, summary_fields, write_summary
 
         sweep_dir = Path(config.hydra.sweep.dir)
         metric = str(config.optimized_metric)
@@ -24,7 +24,7 @@ class SweepSummary(Callback):
         if not rows:
             return
         table = Table(title=f"sweep summary ({sweep_dir / 'summary.csv'})")
-        shown = SUMMARY_FIELDS[:-2]  # overrides and error are long: summary.csv has them
+        shown = summary_fields(rows)[:-2]  # overrides and error are long: summary.csv has them
         for name in shown:
             table.add_column(name)
         for r in rows:

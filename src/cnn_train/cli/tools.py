@@ -63,6 +63,10 @@ def _eval(cfg: DictConfig) -> None:
     except USER_ERRORS as e:
         fail(user_error(e))
         return
+    if report.get("multi_label"):
+        Console(width=None if sys.stdout.isatty() else 120).print(label_set_table(report))
+        console.print(f"wrote eval.json, misclassified.png to {out_dir}", highlight=False)
+        return
     table = Table(title=f"{report['data']} {report['split']}: accuracy {report['accuracy']:.4f}, "
                   f"top-5 {report['top5_accuracy']:.4f} ({report['images']} images)")  # fmt: skip
     for col in ("class", "precision", "recall", "F1", "support"):
@@ -74,6 +78,20 @@ def _eval(cfg: DictConfig) -> None:
     Console(width=None if sys.stdout.isatty() else 120).print(table)
     figures = "misclassified.png, misclassified_cam.png" if cfg.cam else "misclassified.png"
     console.print(f"wrote eval.json, confusion_matrix.png, {figures} to {out_dir}", highlight=False)
+
+
+def label_set_table(report: dict[str, Any]) -> Table:
+    """cnn-eval of a multi-label checkpoint: the headline metrics, then AP and F1 at its threshold per class."""
+    f = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+    table = Table(title=f"{report['data']} {report['split']}: mAP {f(report['map'])}, micro F1 "
+                  f"{f(report['micro_f1'])}, macro F1 {f(report['macro_f1'])}, exact match "
+                  f"{f(report['exact_match'])} ({report['images']} images)")  # fmt: skip
+    for col in ("class", "AP", "threshold", "precision", "recall", "F1", "support"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for r in report["per_class"]:
+        table.add_row(r["class"], f(r["ap"]), f"{r['threshold']:.3f}", f"{r['precision']:.3f}",
+                      f"{r['recall']:.3f}", f"{r['f1']:.3f}", str(r["support"]))  # fmt: skip
+    return table
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="export")

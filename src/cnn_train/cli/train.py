@@ -25,7 +25,11 @@ log = logging.getLogger("cnn_train")
 def _results_table(results: dict[str, Any], run_dir: Path) -> Table:
     table = Table(title=f"{results['model']} on {results['data']}", show_header=False)
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
-    for key in ("best_val_acc", "best_epoch", "test_acc", "test_loss", "parameters", "wall_seconds"):
+    shown = ["best_val_acc", "best_epoch", "test_acc", "test_loss", "parameters", "wall_seconds"]
+    if results.get("multi_label"):  # its accuracies are exact-match ratios
+        shown[1:1] = ["best_val_map"]
+        shown[4:4] = ["test_map", "test_micro_f1", "test_macro_f1"]
+    for key in shown:
         table.add_row(key, fmt(results[key]))
     table.add_row("run dir", str(run_dir))
     return table

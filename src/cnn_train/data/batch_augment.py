@@ -90,14 +90,35 @@ class BatchAugment(nn.Module):
         return random_erase(x, self.random_erasing) if self.random_erasing > 0 else x
 
     def mix(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch mixed with itself rolled by one, and soft targets (rows summing to 1); as is when off."""
+        """The batch mixed with itself rolled by one, and soft targets (rows summing to 1); as is when off.
+
+        Label sets (N×K 0/1 rows, multi-label) mix with the same weights as the images: the mixer labels each
+        image by its own position in the batch, and its soft target rows are then each image's share of every
+        source image (mixup's λ, cutmix's pasted area), which weigh the source images' label sets.
+        """
         if self.mixer is None:
             return x, y
-        if self.num_classes is None:
+        if y.ndim == 2:
+            mixed, shares = self._by_position(x)
+            target = shares @ y
+        elif self.num_classes is None:
             raise ValueError("mixup/cutmix need num_classes (the run sets it from the data)")
-        mixed, target = self.mixer(x, y)
+        else:
+            mixed, target = self.mixer(x, y)
         # keep the layout Preprocess chose (channels_last, when the model was converted to it)
         nhwc = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         return mixed.contiguous(
             memory_format=torch.channels_last if nhwc else torch.contiguous_format
         ), target
+
+    def _by_position(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mixed batch and an N×N matrix: row i holds each source image's share of mixed image i."""
+        mixers = getattr(self.mixer, "transforms", [self.mixer])  # RandomChoice holds mixup and cutmix
+        n = len(x)
+        for m in mixers:
+            m.num_classes = n  # one "class" per position: the one-hot rows are the batch's identity
+        try:
+            return self.mixer(x, torch.arange(n, device=x.device))
+        finally:
+            for m in mixers:
+                m.num_classes = self.num_classes

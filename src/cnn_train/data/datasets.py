@@ -1,7 +1,9 @@
-"""Where images come from: the MNIST family (IDX), CIFAR-10 (pickle batches), folders of images, CSV files.
+"""Where images come from: the MNIST family (IDX), CIFAR-10 (pickle batches), folders of images, CSV files,
+and the Fashion-MNIST mosaics (multi-label).
 
 Built-in datasets are small, so they are held in memory as uint8 tensors; image folders and the files a CSV
-lists stay on disk as (path, label) lists decoded by loader workers.
+lists stay on disk as (path, label) lists decoded by loader workers. A multi-label dataset's labels are sets:
+N×K float 0/1 rows in memory, (path, tuple of class indices) on disk, made into rows of K by the file loader.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import functools
 import gzip
 import logging
 import pickle
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -19,6 +21,7 @@ import torch
 from PIL import Image
 from torchvision import datasets as tvd
 
+from cnn_train.data import mosaic
 from cnn_train.data.labels import LabelSet, check_folds
 from cnn_train.data.table import LabelFile, read_table
 from cnn_train.data.validation import validation_index, validation_pool
@@ -27,6 +30,9 @@ from cnn_train.runtime.errors import UserError
 log = logging.getLogger(__name__)
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+MOSAICS = {"train+val": 60_000, "test": 10_000}  # data=fashion_mnist_multilabel: mosaics per part
+MOSAIC_SEED = 2017  # the mosaics' layout and items; the test mosaics depend on nothing else
+DATASETS = "fashion_mnist, mnist, cifar10, image_folder, csv, fashion_mnist_multilabel"  # data.name
 MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -101,6 +107,52 @@ class Dataset:
     native_size: int | None  # None: files of any size, resized to the training side
     multi_label: bool = False  # labels are sets of classes (multi-hot rows), not one class per image
     skipped_rows: int | None = None  # data=csv: bad rows left out under data.strict=false (None: not a table)
+
+    def splits(self) -> dict[str, Split]:
+        """The splits there are, by name (no test split: train and val only)."""
+        named = {"train": self.train, "val": self.val, "test": self.test}
+        return {k: v for k, v in named.items() if v is not None}
+
+
+def multi_hot(label_sets: Iterable[Iterable[int]], num_classes: int) -> torch.Tensor:
+    """N×K float32 rows with a 1 at each class of each set."""
+    sets = [list(s) for s in label_sets]
+    rows = torch.zeros(len(sets), num_classes)
+    for i, s in enumerate(sets):
+        rows[i, s] = 1.0
+    return rows
+
+
+def label_rows(split: Split, num_classes: int) -> torch.Tensor:
+    """Every label of a split as N×K 0/1 rows (one-hot for single-label): what class counts are read from."""
+    if isinstance(split, TensorSplit) and split.labels.ndim == 2:
+        return split.labels.float()
+    return multi_hot(split.label_sets(), num_classes)
+
+
+def _holds_sets(split: Split) -> bool:
+    return split.labels.ndim == 2 if isinstance(split, TensorSplit) else split.label_count is not None
+
+
+def as_multi_label(split: Split, num_classes: int) -> Split:
+    """The split with its labels as sets: one-hot rows for single labels, the loader told their width."""
+    if isinstance(split, TensorSplit):
+        return TensorSplit(split.images, label_rows(split, num_classes))
+    return FileSplit(
+        [(p, s) for (p, _), s in zip(split.samples, split.label_sets(), strict=True)], num_classes
+    )
+
+
+def settle_labels(data: Dataset, force: bool = False) -> Dataset:
+    """Mark a dataset multi-label when its labels are sets (or `force`: data.multi_label=true) and put every
+    split in that form, so that training, evaluation and prediction see one representation."""
+    if not (force or data.multi_label or any(_holds_sets(s) for s in data.splits().values())):
+        return data
+    k = len(data.classes)
+    for name, split in data.splits().items():
+        setattr(data, name, as_multi_label(split, k))
+    data.multi_label = True
+    return data
 
 
 def read_idx(path: Path) -> torch.Tensor:
@@ -302,7 +354,26 @@ def load_table(table: LabelFile, strict: bool) -> tuple[dict[str, FileSplit], li
     return splits, rows.classes, rows.skipped
 
 
-NAMES = "fashion_mnist, mnist, cifar10, image_folder, csv"
+def load_fashion_mosaics(root: Path, val_split: float, seed: int) -> tuple[dict[str, TensorSplit], list[str]]:
+    """Fashion-MNIST as 2×2 mosaics of 1–4 items (data/mosaic.py), labelled with the classes they show.
+
+    Training and validation mosaics are built from disjoint parts of the training images (held out by
+    data.val_split and the seed), test mosaics from the test images alone: no image is in two splits.
+    """
+    base, classes = load_mnist_family("fashion_mnist", root)
+    kept, held = validation_index(base["train"], val_split, seed, None)  # the base images, before mosaics
+    train, val = base["train"].subset(kept), base["train"].subset(held)
+    n_val = max(1, round(MOSAICS["train+val"] * val_split))
+    parts = {
+        "train": (train, MOSAICS["train+val"] - n_val),
+        "val": (val, n_val),
+        "test": (base["test"], MOSAICS["test"]),
+    }
+    splits = {}
+    for i, (name, (source, count)) in enumerate(parts.items()):
+        tiles = mosaic.layout(len(source), count, torch.Generator().manual_seed(MOSAIC_SEED + i))
+        splits[name] = TensorSplit(*mosaic.compose(source.images, source.labels, len(classes), tiles))
+    return splits, classes
 
 
 def describe(
@@ -313,6 +384,8 @@ def describe(
         return 1, 10, 28
     if name == "cifar10":
         return 3, 10, 32
+    if name == "fashion_mnist_multilabel":
+        return 1, 10, 28 * mosaic.GRID
     if name == "image_folder":
         root = Path(str(root)).expanduser()
         top = root / "train" if (root / "train").is_dir() else root
@@ -325,7 +398,7 @@ def describe(
         if table is None:
             raise UserError("data.file: give the CSV or TSV file of image paths and labels")
         return channels, len(read_table(table, strict=False, check_files=False).classes), None
-    raise UserError(f"data.name: unknown dataset {name!r}; choose {NAMES}")
+    raise UserError(f"data.name: unknown dataset {name!r}; choose {DATASETS}")
 
 
 @dataclass
@@ -360,7 +433,7 @@ def read_source(
         return Source(*load_cifar10(path), 3, 32)  # type: ignore[arg-type]
     if name == "image_folder":
         return Source(*load_image_folder(path, strict), channels, None)  # type: ignore[arg-type]
-    raise UserError(f"data.name: unknown dataset {name!r}; choose {NAMES}")
+    raise UserError(f"data.name: unknown dataset {name!r}; choose {DATASETS}")
 
 
 def load_dataset(
@@ -373,20 +446,34 @@ def load_dataset(
     *,
     table: LabelFile | None = None,
     folds: tuple[int, int] | None = None,
+    multi_label: bool = False,
 ) -> Dataset:
     """Load a dataset by its config name (data.name) and carve out the validation split.
 
     `folds` = (data.folds, data.fold): fold `data.fold` of a stratified k-fold split validates instead.
+    `multi_label` (data.multi_label) makes single-label data multi-label (one-hot sets); data whose labels are
+    sets is multi-label anyway.
     """
-    src = read_source(name, root, channels, strict, table)
+    if name == "fashion_mnist_multilabel":  # its val mosaics are built from held-out images: no re-split
+        if folds is not None:
+            raise UserError(
+                "data.folds: fashion_mnist_multilabel's train and val mosaics are built from separate images; "
+                "folds over the mosaics would share images between training and validation"
+            )
+        src = Source(
+            *load_fashion_mosaics(Path(str(root)).expanduser(), val_split, seed), 1, 28 * mosaic.GRID
+        )
+    else:
+        src = read_source(name, root, channels, strict, table)
     pool = validation_pool(src.splits, folds)
     if pool is None:
         train, val = src.splits["train"], src.splits["val"]
     else:
         kept, held = validation_index(pool, val_split, seed, folds)
         train, val = pool.subset(kept), pool.subset(held)
-    return Dataset(name, train, val, src.splits.get("test"), src.classes, src.channels, src.native_size,
+    data = Dataset(name, train, val, src.splits.get("test"), src.classes, src.channels, src.native_size,
                    src.multi_label, src.skipped_rows)  # fmt: skip
+    return settle_labels(data, multi_label)
 
 
 def load_from_config(data: Mapping[str, Any], seed: int, channels: int | None = None) -> Dataset:
@@ -395,4 +482,5 @@ def load_from_config(data: Mapping[str, Any], seed: int, channels: int | None = 
         str(data["name"]), data.get("root"), float(data["val_split"]), seed,
         int(data.get("channels", 3)) if channels is None else channels, bool(data.get("strict", False)),
         table=LabelFile.from_config(data), folds=check_folds(data.get("folds"), int(data.get("fold", 0))),
+        multi_label=bool(data.get("multi_label", False)),
     )  # fmt: skip

@@ -24,6 +24,8 @@ class Artifact:
     spec: EvalTransform
     classes: list[str]
     config: dict[str, Any] = field(default_factory=dict)  # the training config; {} if the file has none
+    multi_label: bool = False  # labels are sets: sigmoid per class, decided at `thresholds`
+    thresholds: list[float] = field(default_factory=list)  # multi-label: per class, tuned on validation
 
     @property
     def is_onnx(self) -> bool:
@@ -35,7 +37,10 @@ def open_artifact(path: str | Path, device: torch.device, threads: int | None = 
     path = Path(path)
     if path.suffix == ".onnx":
         model = OnnxModel(path, threads=threads)
-        return Artifact(path, model, model.spec, model.classes, model.meta.get("config", {}))
+        runner = model.runner
+        return Artifact(path, model, model.spec, model.classes, model.meta.get("config", {}), runner.multi_label,
+                        runner.thresholds)  # fmt: skip
     payload = checkpoint.load(path)
     model = checkpoint.inference_model(payload, device, path)
-    return Artifact(path, model, checkpoint.eval_transform(payload), payload["classes"], payload["config"])
+    return Artifact(path, model, checkpoint.eval_transform(payload), payload["classes"], payload["config"],
+                    checkpoint.is_multi_label(payload), checkpoint.thresholds(payload))  # fmt: skip

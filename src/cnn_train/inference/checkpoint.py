@@ -1,7 +1,8 @@
 """Self-describing checkpoints: everything predict needs, in plain containers that weights_only reads.
 
 Layout (nanoGPT's `model_args` idea): format, model {name, kwargs}, state_dict, classes, eval_transform,
-config (resolved), epoch, metrics; last.pt adds optimizer, scheduler, rng and history for resuming.
+config (resolved), epoch, metrics, multi_label and (multi-label) the per-class decision thresholds; last.pt
+adds optimizer, scheduler, rng and history for resuming.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import nn
 
 from cnn_train.config import DataConfig, TrainerConfig, with_defaults
 from cnn_train.data.images import EvalTransform
+from cnn_train.inference.inputs import DEFAULT_THRESHOLD
 from cnn_train.models import build_model
 from cnn_train.runtime.errors import UserError
 from cnn_train.runtime.files import atomic_write
@@ -84,6 +86,16 @@ def dataset(payload: dict[str, Any], data: dict[str, Any] | None = None) -> Data
     cfg = with_defaults(DataConfig, data or config["data"])
     seed = with_defaults(TrainerConfig, config.get("trainer", {})).seed
     return load_from_config(cfg, seed)
+
+
+def is_multi_label(payload: dict[str, Any]) -> bool:
+    """Whether the checkpoint's network scores each class on its own (sigmoid) rather than one class (softmax)."""
+    return bool(payload.get("multi_label", False))
+
+
+def thresholds(payload: dict[str, Any]) -> list[float]:
+    """A multi-label checkpoint's per-class decision thresholds (tuned on validation); 0.5 each where it has none."""
+    return list(payload.get("thresholds") or [DEFAULT_THRESHOLD] * len(payload["classes"]))
 
 
 def eval_transform(payload: dict[str, Any]) -> EvalTransform:

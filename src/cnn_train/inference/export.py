@@ -1,8 +1,9 @@
 """cnn-export: a checkpoint as ONNX (dynamic batch) or TorchScript, checked against PyTorch on real images.
 
-The exported network takes normalised float images; what the checkpoint says about itself (classes, eval
-transform, the pixel order of a permuted run, the training config) travels inside the file (ONNX metadata,
-a TorchScript extra file), so cnn-predict and cnn-eval use an .onnx file like a checkpoint.
+The exported network takes normalised float images and gives logits; what the checkpoint says about
+itself (classes, eval transform, the pixel order of a permuted run, the training config and, for a
+multi-label run, the per-class thresholds) travels inside the file (ONNX metadata, a TorchScript extra
+file), so cnn-predict and cnn-eval use an .onnx file like a checkpoint. The check compares logits.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def real_batch(payload: dict[str, Any], n: int = 8) -> torch.Tensor:
 def metadata(payload: dict[str, Any]) -> dict[str, Any]:
     """What an export carries of its checkpoint: enough to predict, and to evaluate on the data it knew."""
     meta = {k: payload[k] for k in ("model", "classes", "eval_transform", "config")}
+    meta |= {"multi_label": checkpoint.is_multi_label(payload), "thresholds": payload.get("thresholds")}
     spec = checkpoint.eval_transform(payload)
     if spec.permute_seed is not None:  # the order itself: an ONNX reader without torch cannot redraw it
         meta["pixel_order"] = pixel_permutation(spec.permute_seed, spec.image_size).tolist()

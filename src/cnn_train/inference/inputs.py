@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from cnn_train.data.images import EvalTransform
 
 OUTPUT_SUFFIXES = (".csv", ".json")
+DEFAULT_THRESHOLD = 0.5  # multi-label: a class validation had no positive of, or a file without thresholds
 # The suffixes a folder of images is searched for (torchvision's IMG_EXTENSIONS).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -29,7 +30,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 @dataclass
 class Prediction:
     path: str
-    topk: list[tuple[str, float]] = field(default_factory=list)
+    topk: list[tuple[str, float]] = field(default_factory=list)  # multi-label: every label predicted
+    multi_label: bool = False
 
 
 def expand_inputs(spec: str) -> list[Path]:
@@ -100,14 +102,37 @@ def ranked(names: list[str], top_p: Sequence[Sequence[float]], top_i: Sequence[S
     ]
 
 
+def labelled(
+    names: list[str], probs: np.ndarray, thresholds: Sequence[float], classes: list[str]
+) -> list[Prediction]:
+    """Multi-label rows: every class whose probability reaches its own threshold, most probable first.
+
+    Compared in float64, where the thresholds were tuned: a threshold halfway between two fp32 scores stays
+    strictly between them.
+    """
+    import numpy as np
+
+    scores = np.asarray(probs, dtype=np.float64)
+    keep = scores >= np.asarray(thresholds, dtype=np.float64)
+    rows = []
+    for name, p, chosen in zip(names, scores.tolist(), keep, strict=True):
+        labels = sorted(((classes[i], p[i]) for i in np.flatnonzero(chosen)), key=lambda t: -t[1])
+        rows.append(Prediction(name, labels, multi_label=True))
+    return rows
+
+
 def write_predictions(path: str | Path, rows: list[Prediction]) -> None:
-    """One row per image: .json as a list of objects, .csv with class_i/prob_i columns."""
+    """One row per image: .json as a list of objects, .csv with class_i/prob_i columns.
+
+    Multi-label rows list the predicted labels (under "labels" in JSON; as many columns as the most labels).
+    """
     check_output(path)
     path = Path(path)
     if path.suffix.lower() == ".json":
-        files.write_json(
-            path, [{"path": r.path, "topk": [{"class": c, "prob": p} for c, p in r.topk]} for r in rows]
-        )
+        files.write_json(path, [
+            {"path": r.path, "labels" if r.multi_label else "topk": [{"class": c, "prob": p} for c, p in r.topk]}
+            for r in rows
+        ])  # fmt: skip
         return
     table: list[dict[str, Any]] = []
     for r in rows:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from cnn_train.data.images import EvalTransform, normalise
-from cnn_train.inference.inputs import Prediction, ranked, read_batch
+from cnn_train.inference.inputs import DEFAULT_THRESHOLD, Prediction, labelled, ranked, read_batch
 from cnn_train.runtime.errors import UserError
 
 META_KEY = "cnn_train"  # the metadata entry every cnn-export ONNX file has: JSON of what the checkpoint said
@@ -58,6 +58,8 @@ class OnnxSession:
         self.meta: dict[str, Any] = json.loads(props[META_KEY])
         self.classes: list[str] = self.meta["classes"]
         self.spec = EvalTransform.from_dict(self.meta["eval_transform"])
+        self.multi_label: bool = bool(self.meta.get("multi_label", False))
+        self.thresholds: list[float] = self.meta.get("thresholds") or [DEFAULT_THRESHOLD] * len(self.classes)
         self.input = self.session.get_inputs()[0].name
         self.order: np.ndarray | None = None
         if self.spec.permute_seed is not None:
@@ -80,10 +82,15 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
 def predict_onnx(
     path: str | Path, paths: list[Path], topk: int = 5, batch_size: int = 64
 ) -> tuple[list[Prediction], list[tuple[str, str]]]:
-    """Top-k (class, probability) per readable image, plus (path, reason) for each unreadable one."""
+    """Top-k (class, probability) per readable image (multi-label: every label at or above its threshold),
+    plus (path, reason) for each unreadable one."""
     model = OnnxSession(path)
     k = max(1, min(topk, len(model.classes)))
     rows: list[Prediction] = []
@@ -93,7 +100,11 @@ def predict_onnx(
         failed += bad
         if not names:
             continue
-        probs = softmax(model.run(model.preprocess(batch)))
+        logits = model.run(model.preprocess(batch))
+        if model.multi_label:
+            rows += labelled(names, sigmoid(logits), model.thresholds, model.classes)
+            continue
+        probs = softmax(logits)
         top_i = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         rows += ranked(names, np.take_along_axis(probs, top_i, 1).tolist(), top_i.tolist(), model.classes)
     return rows, failed

@@ -20,7 +20,7 @@ from torch import nn
 from cnn_train.analysis import plots
 from cnn_train.analysis.cam import save_cam_grid
 from cnn_train.analysis.evaluation import per_class
-from cnn_train.data.datasets import Dataset, TensorSplit
+from cnn_train.data.datasets import Dataset, label_rows
 from cnn_train.data.images import EvalTransform
 from cnn_train.data.preprocess import Preprocess
 from cnn_train.inference import checkpoint
@@ -33,6 +33,7 @@ from cnn_train.runtime.errors import UserError
 log = logging.getLogger(__name__)
 MAX_SHOWN = 32  # misclassified images in the grid
 KEPT_IMAGES = 512  # test images held back to find them in: no look at the device inside the test loop
+MULTI_LABEL_TEST = ("images", "map", "micro_f1", "macro_f1", "exact_match", "per_class")  # report.json "test"
 
 
 class TestRecord:
@@ -73,16 +74,11 @@ class TestRecord:
 
 
 def class_counts(data: Dataset) -> dict[str, dict[str, int]]:
-    """{split: {class: images}} from the labels already in memory (no image is read)."""
+    """{split: {class: images}} from the labels already in memory (no image is read); multi-label: the images
+    each class is in."""
     out = {}
-    for name in ("train", "val", "test"):
-        split = getattr(data, name)
-        if split is None:
-            continue
-        labels = (
-            split.labels if isinstance(split, TensorSplit) else torch.tensor([c for _, c in split.samples])
-        )
-        counts = torch.bincount(labels, minlength=len(data.classes)).tolist()
+    for name, split in data.splits().items():
+        counts = label_rows(split, len(data.classes)).sum(0).long().tolist()
         out[name] = dict(zip(data.classes, counts, strict=True))
     return out
 
@@ -96,11 +92,18 @@ def anatomy(model: nn.Module, spec: EvalTransform) -> dict[str, Any]:
 
 
 def after_run(
-    run_dir: Path, main: bool, data: Dataset, spec: EvalTransform, model: nn.Module, record: TestRecord | None
+    run_dir: Path,
+    main: bool,
+    data: Dataset,
+    spec: EvalTransform,
+    model: nn.Module,
+    record: TestRecord | None,
+    test: dict[str, Any] | None = None,
 ) -> None:
     """report.json, confusion_matrix.png, misclassified.png and report.html; a failure here only warns.
 
     `model` is the run's inference network (its FLOPs are counted; its device is where the test pass ran).
+    A multi-label run has no confusion matrix: its test section is `test`'s metrics and per-class rows.
     """
     device = next(model.parameters()).device
     confusion = record.gather(device) if record is not None and data.test is not None else None
@@ -114,6 +117,8 @@ def after_run(
             log.warning("FLOPs not counted for the report: %s", e)
         if confusion is not None and record is not None:
             extra["test"] = test_section_data(run_dir, data.classes, spec, record, confusion)
+        elif data.multi_label and test is not None:
+            extra["test"] = {"multi_label": True, **{k: test[k] for k in MULTI_LABEL_TEST}}
         files.write_json(run_dir / "report.json", extra)
         path = write_run_report(run_dir)
         log.info("wrote %s", path)

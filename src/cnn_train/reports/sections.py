@@ -33,6 +33,9 @@ SPEED = ("precision", "channels_last", "compile", "threads", "processes", "tta")
 # Training settings results.json records when the run used them (shown only where present and set).
 TRAINING = ("epochs_run", "stop_reason", "effective_batch_size", "ema_decay", "grad_clip_norm")
 Gatherer = Callable[[Path, dict[str, Any], dict[str, Any]], "dict[str, Any] | None"]
+# What results.json adds for a multi-label run (its test accuracy is the exact-match ratio).
+MULTI_LABEL = {"test_map": "test mAP (macro)", "test_micro_f1": "test micro F1", "test_macro_f1": "test macro F1",
+               "best_val_map": "best validation mAP"}  # fmt: skip
 
 
 def summary(run_dir: Path, results: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -46,6 +49,8 @@ def summary(run_dir: Path, results: dict[str, Any], extra: dict[str, Any]) -> di
         "training": {k: results[k] for k in TRAINING if results.get(k) is not None},
         "speed": {k: results[k] for k in SPEED if k in results},
         "distill": results.get("distill"),
+        "multi_label": bool(results.get("multi_label")),  # test_acc and best_val_acc are exact-match ratios
+        "label_sets": {name: results.get(k) for k, name in MULTI_LABEL.items()},
         "inference": ", ".join(f"{k} {v}" for k, v in results.get("inference", {}).items()),
     }
 
@@ -92,6 +97,8 @@ def test_set(run_dir: Path, results: dict[str, Any], extra: dict[str, Any]) -> d
     result = extra.get("test")
     if not result:
         return None
+    if result.get("multi_label"):  # no confusion matrix: mAP, F1 and exact match, AP per class
+        return {**result, "confusion": None, "misclassified": None}
     cam = run_dir / "misclassified_cam.png"
     grid = cam if cam.is_file() else run_dir / "misclassified.png"
     caption = "misclassified test images" + (" with class activation maps" if cam.is_file() else "")

@@ -37,6 +37,7 @@ SUMMARY_FIELDS = [
     "error",
 ]
 FOLD_METRICS = ("best_val_acc", "test_acc", "wall_seconds")  # averaged over the folds of a k-fold sweep
+MULTI_LABEL_FIELDS = ["best_val_map", "test_map"]  # results of multi-label jobs, shown after test_acc
 
 
 def collect(sweep_dir: Path, metric: str = "best_val_acc") -> list[dict[str, Any]]:
@@ -53,6 +54,7 @@ def collect(sweep_dir: Path, metric: str = "best_val_acc") -> list[dict[str, Any
             row.update(status="ok", best_val_acc=results["best_val_acc"], test_acc=results["test_acc"])
             row["error"] = None
             row.update(wall_seconds=results["wall_seconds"], metric=results.get(metric))
+            row.update({k: results[k] for k in MULTI_LABEL_FIELDS if k in results})
         else:
             error = job / "error.txt"
             row.update(status="failed", best_val_acc=None, test_acc=None, wall_seconds=None, metric=None)
@@ -99,15 +101,21 @@ def fold_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def summary_fields(rows: list[dict[str, Any]]) -> list[str]:
+    """summary.csv's columns: SUMMARY_FIELDS, with the mAP columns after test_acc when a job is multi-label."""
+    extra = [k for k in MULTI_LABEL_FIELDS if any(k in r for r in rows)]
+    at = SUMMARY_FIELDS.index("test_acc") + 1
+    return [*SUMMARY_FIELDS[:at], *extra, *SUMMARY_FIELDS[at:]]
+
+
 def write_summary(sweep_dir: Path, metric: str) -> list[dict[str, Any]]:
     """<sweep dir>/summary.csv: one row per job (`collect`), then a k-fold sweep's mean and std rows
     (`fold_rows`); returns the rows (none: nothing written)."""
     rows = collect(sweep_dir, metric)
     rows += fold_rows(rows)
     if rows:
-        files.write_csv(
-            sweep_dir / "summary.csv", [{k: r.get(k) for k in SUMMARY_FIELDS} for r in rows], SUMMARY_FIELDS
-        )
+        fields = summary_fields(rows)
+        files.write_csv(sweep_dir / "summary.csv", [{k: r.get(k) for k in fields} for r in rows], fields)
     return rows
 
 
@@ -168,6 +176,7 @@ def gather(sweep_dir: Path, metric: str | None = None) -> dict[str, Any]:
         "finished": sum(r["status"] == "ok" for r in rows),
         "best": next((r for r in rows if r["best"]), None),
         "shared": shared_overrides(rows),
+        "map_columns": [k for k in MULTI_LABEL_FIELDS if any(k in r for r in rows)],  # multi-label jobs
         "curves": curves(sweep_dir, rows),
         "optuna": None,
     }

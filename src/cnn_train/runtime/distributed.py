@@ -44,6 +44,21 @@ def all_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """Every process's rows of `t`, in rank order (`t` itself for one process): what a ranking metric needs."""
+    if not active():
+        return t
+    count = torch.tensor([len(t)], device=t.device)
+    counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, count)
+    sizes = [int(c.item()) for c in counts]
+    padded = t.new_zeros((max(sizes), *t.shape[1:]))
+    padded[: len(t)] = t
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)])
+
+
 def _all_reduce_int(value: int, device: torch.device, op: dist.ReduceOp) -> int:
     if not active():
         return value

@@ -16,6 +16,12 @@ from cnn_train.runtime.errors import UserError
 
 log = logging.getLogger(__name__)
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s")
+MULTI_LABEL_METRICS = ("val_map",)  # in the rows of multi-label runs only
+
+
+def logged(row: dict[str, Any]) -> list[str]:
+    """The metrics of an epoch's row that trackers get."""
+    return [k for k in (*METRICS, *MULTI_LABEL_METRICS) if k in row]
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -66,7 +72,7 @@ class TensorBoardLogger(CsvLogger):
     def log_epoch(self, history: list[dict[str, Any]]) -> None:
         super().log_epoch(history)
         row = history[-1]
-        for key in METRICS:
+        for key in logged(row):
             self.writer.add_scalar(key, row[key], global_step=row["epoch"])
         self.writer.flush()
 
@@ -121,7 +127,7 @@ class MlflowLogger(CsvLogger):
         super().log_epoch(history)
         row = history[-1]
         stamp = int(1000 * time.time())
-        metrics = [Metric(k, float(row[k]), stamp, int(row["epoch"])) for k in METRICS]
+        metrics = [Metric(k, float(row[k]), stamp, int(row["epoch"])) for k in logged(row)]
         self.client.log_batch(self.run_id, metrics=metrics)
 
     def log_best(self, path: Path) -> None:

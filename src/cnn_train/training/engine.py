@@ -11,13 +11,15 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from cnn_train.analysis.multilabel import multilabel_metrics, tune_thresholds
 from cnn_train.data.preprocess import Preprocess
 from cnn_train.inference.infer import infer
 from cnn_train.runtime import distributed
@@ -104,19 +106,28 @@ class FiniteGuard:
 
 
 class Meter:
-    """Running loss and accuracy sums, kept on the device until a snapshot reads them."""
+    """Running loss and accuracy sums, kept on the device until a snapshot reads them.
 
-    def __init__(self, progress: EpochProgress, device: torch.device) -> None:
+    Multi-label accuracy is the exact-match ratio at probability 0.5 (the tuned thresholds come from
+    validation): an image counts when every class's logit is on the side of 0 its target is.
+    """
+
+    def __init__(self, progress: EpochProgress, device: torch.device, multi_label: bool = False) -> None:
         self.epoch, self.lr, self.step, self.seen = progress.epoch, progress.lr, progress.step, progress.seen
         self.loss_sum = torch.tensor(progress.loss_sum, device=device)
         self.correct = torch.tensor(progress.correct, device=device, dtype=torch.long)
         self.start = time.perf_counter() - progress.seconds
+        self.multi_label = multi_label
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
-        """`y`: class indices, or soft targets (mixup/cutmix), whose argmax is the class that counts as right."""
+        """`y`: class indices, or soft targets (mixup/cutmix), whose argmax is the class that counts as right;
+        multi-label: 0/1 (or mixed) targets per class."""
         self.step += 1
         self.loss_sum += loss.detach() * len(y)
-        self.correct += (logits.detach().argmax(1) == (y.argmax(1) if y.ndim == 2 else y)).sum()
+        if self.multi_label:
+            self.correct += ((logits.detach() > 0) == (y > 0.5)).all(1).sum()
+        else:
+            self.correct += (logits.detach().argmax(1) == (y.argmax(1) if y.ndim == 2 else y)).sum()
         self.seen += len(y)
 
     def snapshot(self) -> EpochProgress:
@@ -148,10 +159,12 @@ class TrainStep:
         accumulate: int = 1,
         ema: EMA | None = None,
         teacher: Teacher | None = None,
+        multi_label: bool = False,
     ) -> None:
         self.model, self.preprocess, self.augment, self.loss_fn = model, preprocess, augment, loss_fn
         self.optimizer, self.schedule, self.precision, self.scaler = optimizer, schedule, precision, scaler
         self.clip_norm, self.accumulate, self.ema, self.teacher = clip_norm, accumulate, ema, teacher
+        self.multi_label = multi_label
         self.device = next(model.parameters()).device
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -232,7 +245,8 @@ def train_one_epoch(
     """
     step_fn.model.train()
     keep_frozen_batchnorm_in_eval(step_fn.model)
-    meter, guard = Meter(progress, step_fn.device), FiniteGuard(progress.epoch, step_fn.device)
+    meter = Meter(progress, step_fn.device, step_fn.multi_label)
+    guard = FiniteGuard(progress.epoch, step_fn.device)
 
     def snapshot() -> EpochProgress:
         guard.raise_recorded()
@@ -288,3 +302,39 @@ def evaluate(
     total_loss, total_correct, total_seen = sums.tolist()
     total_seen = max(total_seen, 1)
     return {"loss": total_loss / total_seen, "acc": total_correct / total_seen}
+
+
+def evaluate_sets(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    preprocess: Preprocess,
+    classes: list[str],
+    thresholds: list[float] | None = None,
+    desc: str = "eval",
+    tta: bool = False,
+    bars: bool = False,
+) -> dict[str, Any]:
+    """Multi-label evaluation over every process: mean binary cross-entropy (per image and class), mAP, and
+    F1 and exact-match ("acc") at `thresholds`, or at thresholds tuned here for F1 (validation: returned)."""
+    device = next(model.parameters()).device
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    probs, targets = [], []
+    for x, y in tqdm(batches, desc=desc, leave=False, dynamic_ncols=True, disable=not bars):
+        logits = infer(model, preprocess, x, tta, multi_label=True)
+        loss_sum += F.binary_cross_entropy_with_logits(logits, y, reduction="sum").double()
+        probs.append(logits.sigmoid())
+        targets.append(y)
+    k = len(classes)
+    scores = distributed.gather_rows(torch.cat(probs) if probs else torch.empty(0, k, device=device))
+    truth = distributed.gather_rows(torch.cat(targets) if targets else torch.empty(0, k, device=device))
+    total_loss = distributed.all_sum(loss_sum).item()
+    thresholds = thresholds if thresholds is not None else tune_thresholds(scores, truth)
+    metrics = multilabel_metrics(scores.cpu(), truth.cpu(), thresholds, classes)
+    loss = total_loss / max(truth.numel(), 1)
+    return {
+        "loss": loss,
+        "acc": metrics["exact_match"],
+        "thresholds": thresholds,
+        "images": len(truth),
+        **metrics,
+    }

@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from cnn_train.analysis import plots
+from cnn_train.analysis.multilabel import set_titles
 from cnn_train.config import check_target_keys
 from cnn_train.data.labels import SAMPLERS, check_folds
 from cnn_train.data.loaders import Batches
@@ -32,7 +33,7 @@ from cnn_train.runtime.loggers import CsvLogger
 from cnn_train.runtime.world import world_from_env
 from cnn_train.training import lrfind
 from cnn_train.training.budget import Plan, check_plan, relative_test_size
-from cnn_train.training.engine import EpochProgress, evaluate, train_one_epoch
+from cnn_train.training.engine import EpochProgress, evaluate, evaluate_sets, train_one_epoch
 from cnn_train.training.profiling import StepProfiler
 from cnn_train.training.rundir import RunDir
 from cnn_train.training.session import Session, build
@@ -40,7 +41,8 @@ from cnn_train.training.stopping import MODES as STOP_MODES
 from cnn_train.training.stopping import Deadline, parse_duration, should_stop_early
 
 log = logging.getLogger(__name__)
-OPTIMIZABLE = ("best_val_acc", "test_acc", "test_loss", "wall_seconds")  # results a sweeper may optimize
+# results a sweeper may optimize (the _map ones: multi-label runs)
+OPTIMIZABLE = ("best_val_acc", "test_acc", "test_loss", "wall_seconds", "best_val_map", "test_map")
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -83,8 +85,9 @@ def check_config(cfg: DictConfig) -> None:
     for key, value, ok, why in checks:
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not ok(value):
             raise UserError(f"{key}: {value!r} {why}")
-    if cfg.trainer.class_weights not in (None, "balanced"):
-        raise UserError(f"trainer.class_weights: {cfg.trainer.class_weights!r} is not null or balanced")
+    for key in ("class_weights", "pos_weight"):
+        if cfg.trainer[key] not in (None, "balanced"):
+            raise UserError(f"trainer.{key}: {cfg.trainer[key]!r} is not null or balanced")
     if (monitor := cfg.trainer.early_stopping.monitor) not in STOP_MODES:
         raise UserError(f"trainer.early_stopping.monitor: {monitor!r} is not one of {', '.join(STOP_MODES)}")
     parse_duration(cfg.trainer.max_time)
@@ -145,12 +148,23 @@ class TrainState:
     """Where the run stands between epochs: what last.pt restores besides weights, optimizer and schedule."""
 
     history: list[dict[str, Any]] = field(default_factory=list)
-    best_val_acc: float = -1.0
+    best: dict[str, float] = field(default_factory=dict)  # the best epoch's validation loss, acc (and map)
     best_epoch: int = 0
     epoch: int = 0  # epochs finished
     partial: dict[str, Any] | None = (
         None  # the unfinished epoch's progress and shuffle, from a mid-epoch last.pt
     )
+    monitor: str = "acc"  # the validation metric that picks best.pt: acc, or map (multi-label data)
+
+    @property
+    def best_val_acc(self) -> float:
+        return self.best.get("acc", -1.0)
+
+    @property
+    def best_value(self) -> float:
+        """The monitored metric's best value so far (-1 before the first epoch)."""
+        value = self.best.get(self.monitor)
+        return -1.0 if value is None else value
 
     def begin(self, epoch: int, s: Session) -> EpochProgress:
         """A new epoch's progress, or the saved one's: its shuffle replayed, the batches done skipped."""
@@ -169,11 +183,15 @@ class TrainState:
             "val_loss": round(val["loss"], 5), "val_acc": round(val["acc"], 5), "lr": done.lr,
             "seconds": round(train["seconds"], 2), "images_per_s": round(train["images"] / train["seconds"], 1),
         }  # fmt: skip
+        if "map" in val:  # multi-label: mean average precision, what picks best.pt
+            row["val_map"] = None if val["map"] is None else round(val["map"], 5)
         self.history.append(row)
         self.epoch = done.epoch
-        improved = val["acc"] > self.best_val_acc
+        value = val.get(self.monitor)
+        improved = (-1.0 if value is None else value) > self.best_value or not self.best
         if improved:
-            self.best_val_acc, self.best_epoch = val["acc"], done.epoch
+            self.best = {k: val[k] for k in ("loss", "acc", "map") if k in val}
+            self.best_epoch = done.epoch
         return row, improved
 
 
@@ -187,9 +205,10 @@ class Checkpoints:
     plan: Plan
     common: dict[str, Any]
 
-    def best(self, epoch: int, metrics: dict[str, float]) -> None:
+    def best(self, epoch: int, metrics: dict[str, float], thresholds: list[float] | None = None) -> None:
+        """best.pt; a multi-label run's carries the per-class thresholds tuned on validation for its weights."""
         self.run.save("best.pt", {**self.common, "state_dict": self.s.weights(), "epoch": epoch,
-                                  "metrics": metrics})  # fmt: skip
+                                  "metrics": metrics, "thresholds": thresholds})  # fmt: skip
 
     def last(self, epoch_done: int, **extra: Any) -> None:
         s, st = self.s, self.state
@@ -197,7 +216,7 @@ class Checkpoints:
             **self.common, "state_dict": s.model.state_dict(), "epoch": epoch_done,
             "optimizer": s.optimizer.state_dict(), "scheduler": s.schedule.state_dict(),
             "rng": checkpoint.rng_state(s.shuffle), "history": st.history, "best_val_acc": st.best_val_acc,
-            "best_epoch": st.best_epoch, "scaler": s.scaler.state_dict() if s.scaler else None,
+            "best": st.best, "best_epoch": st.best_epoch, "scaler": s.scaler.state_dict() if s.scaler else None,
             "ema": s.ema.state_dict() if s.ema else None, "plan": self.plan.state_dict(), **extra,
         })  # fmt: skip
 
@@ -229,8 +248,9 @@ class MidEpoch:
 
 def resume(cfg: DictConfig, s: Session, path: Path | None, last: dict[str, Any] | None) -> TrainState:
     """Continue from last.pt (`path`, read as `last`) where there is one to continue (`checkpoint.find_resume`)."""
+    monitor = "map" if s.data.multi_label else "acc"
     if path is None or last is None:
-        return TrainState()
+        return TrainState(monitor=monitor)
     if last["model"] != s.model_spec:
         raise UserError(
             f"trainer.resume: {path} holds {last['model']['name']} {last['model']['kwargs']}, "
@@ -260,9 +280,8 @@ def resume(cfg: DictConfig, s: Session, path: Path | None, last: dict[str, Any] 
     if s.scaler is not None and last["scaler"]:
         s.scaler.load_state_dict(last["scaler"])
     checkpoint.set_rng_state(last["rng"], s.shuffle)
-    state = TrainState(
-        last["history"], last["best_val_acc"], last["best_epoch"], last["epoch"], last.get("partial")
-    )
+    best = last.get("best") or {"acc": last["best_val_acc"]}  # older last.pt files hold the accuracy alone
+    state = TrainState(last["history"], best, last["best_epoch"], last["epoch"], last.get("partial"), monitor)
     if state.partial is not None and not s.world.is_main:  # the saved sums are global: rank 0 carries them on
         state.partial = {**state.partial, "loss_sum": 0.0, "correct": 0, "seen": 0}
     where = f"epoch {state.epoch + 1}" + (f", step {state.partial['step'] + 1}" if state.partial else "")
@@ -270,10 +289,18 @@ def resume(cfg: DictConfig, s: Session, path: Path | None, last: dict[str, Any] 
     return state
 
 
-def validate(s: Session) -> dict[str, float]:
-    """Validation in the inference numerics: the trained weights copied into the contiguous fp32 model."""
+def validate(s: Session) -> dict[str, Any]:
+    """Validation in the inference numerics: the trained weights copied into the contiguous fp32 model.
+
+    Multi-label: the per-class thresholds are tuned here, on these probabilities (see analysis.multilabel).
+    """
     distributed.sync_buffers(s.model)  # rank 0's BatchNorm statistics everywhere: the weights rank 0 saves
     s.eval_model.load_state_dict(s.weights())
+    if s.data.multi_label:
+        classes = s.data.classes
+        return evaluate_sets(
+            s.eval_model, s.val_batches, s.eval_preprocess, classes, None, "val", s.tta, s.bars
+        )
     return evaluate(s.eval_model, s.val_batches, s.eval_preprocess, "val", s.tta, s.bars)
 
 
@@ -324,11 +351,13 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                 val = validate(s)
             row, improved = state.record(done, val)
             metrics = {"val_acc": val["acc"], "val_loss": val["loss"], "train_acc": row["train_acc"]}
+            if "map" in val:
+                metrics["val_map"] = val["map"]
             if improved:
-                saves.best(epoch, metrics)
+                saves.best(epoch, metrics, val.get("thresholds"))
             if not hook.timed_out:  # a cut-short epoch keeps its mid-epoch last.pt: a resume finishes it
                 s.schedule.after_epoch({"val_loss": val["loss"], "val_acc": val["acc"]})
-                saves.last(epoch, metrics=metrics)
+                saves.last(epoch, metrics=metrics, thresholds=val.get("thresholds"))
             run.epoch_done(state.history)
             log_epoch(row, plan.epochs)
             if (signum := stop.agreed(s.device)) is not None:
@@ -338,17 +367,15 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                 log.info("stopping after epoch %d: %s", epoch, ended.replace("_", " "))
                 break
         distributed.barrier()  # best.pt is on disk before any rank reads it
-        record = TestRecord(s.data.classes) if tr.report else None
+        record = TestRecord(s.data.classes) if tr.report and not s.data.multi_label else None
         test = test_best(cfg, s, path, record)
         results = summarize(cfg, s, state, plan, test, time.perf_counter() - started, ended)
         if s.teacher is not None:
             results["distill"] = {**s.teacher.describe(), "teacher_test_acc": test_teacher(cfg, s)}
         run.finish(results)
         log_budget(results)
-        if tr.report:
-            after_run(
-                path, world.is_main, s.data, s.spec, s.eval_model, record
-            )  # report.html; only warns if it cannot be written
+        if tr.report:  # report.html; only warns if it cannot be written
+            after_run(path, world.is_main, s.data, s.spec, s.eval_model, record, test)
     return results
 
 
@@ -384,14 +411,16 @@ def describe(cfg: DictConfig, s: Session) -> dict[str, Any]:
     return {
         "model": s.model_spec, "classes": s.data.classes, "eval_transform": s.spec.to_dict(),
         "inference": INFERENCE, "config": OmegaConf.to_container(cfg, resolve=True), "init": s.init,
+        "multi_label": s.data.multi_label,
     }  # fmt: skip
 
 
 def log_epoch(row: dict[str, Any], epochs: int) -> None:
+    mean_ap = f" mAP {row['val_map']:.4f}" if row.get("val_map") is not None else ""  # multi-label
     log.info(
-        "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.3g  %.1fs  %.0f img/s",
-        row["epoch"], epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"], row["lr"],
-        row["seconds"], row["images_per_s"],
+        "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f%s  lr %.3g  %.1fs  %.0f img/s",
+        row["epoch"], epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"], mean_ap,
+        row["lr"], row["seconds"], row["images_per_s"],
     )  # fmt: skip
 
 
@@ -418,7 +447,7 @@ def summarize(
 ) -> dict[str, Any]:
     """results.json: the accuracies, why and when the run ended, and the settings behind the number."""
     (n_params, n_train), tr = s.parameter_counts, cfg.trainer
-    return {
+    results = {
         "model": cfg.model.name, "data": s.data.name,
         "test_acc": test["acc"] if test else None, "test_loss": test["loss"] if test else None,
         "best_val_acc": state.best_val_acc, "best_epoch": state.best_epoch, "epochs": plan.epochs,
@@ -432,6 +461,11 @@ def summarize(
         "lr_find": {"suggested_lr": cfg.optimizer.lr, "curve": "lr_find.json"} if cfg.trainer.lr_find else None,
         "budget": plan.summary(s.schedule.last_lr), "replay": plan.replay(),
     }  # fmt: skip
+    if s.data.multi_label:  # test_acc is the exact-match ratio (test_exact_match), at best.pt's thresholds
+        results.update(multi_label=True, best_val_map=state.best.get("map"), monitor=f"val_{state.monitor}")
+        named = ("map", "micro_f1", "macro_f1", "exact_match")
+        results.update({f"test_{k}": test[k] if test else None for k in named})
+    return results
 
 
 def plot_samples(s: Session, path: Path, n: int = 32) -> None:
@@ -451,6 +485,8 @@ def training_samples(s: Session, n: int = 32) -> tuple[torch.Tensor, list[str]]:
         images = s.eval_preprocess.unit(x, s.augment)
         mix = getattr(s.augment, "mix", None)
         images, target = mix(images, y) if mix is not None else (images, y)
+    if s.data.multi_label:
+        return images, set_titles(target, s.data.classes, shares=True)
     return images, label_titles(target, s.data.classes)
 
 
@@ -479,13 +515,22 @@ def test_teacher(cfg: DictConfig, s: Session) -> float | None:
 
 def test_best(
     cfg: DictConfig, s: Session, run_dir: Path, record: TestRecord | None = None
-) -> dict[str, float] | None:
-    """best.pt on the test split, loaded and run exactly as cnn-eval runs it; None without a test split."""
+) -> dict[str, Any] | None:
+    """best.pt on the test split, loaded and run exactly as cnn-eval runs it; None without a test split.
+
+    Multi-label: at the thresholds best.pt carries; the result holds every metric and the per-class rows.
+    """
     if s.data.test is None:
         return None
-    model = checkpoint.inference_model(checkpoint.load(run_dir / "best.pt"), s.device)
+    payload = checkpoint.load(run_dir / "best.pt")
+    model = checkpoint.inference_model(payload, s.device)
     batches = Batches(
         s.data.test, s.spec, int(cfg.data.batch_size), s.device, num_workers=int(cfg.data.num_workers),
         limit=cfg.trainer.limit_test_batches, shard=(s.world.rank, s.world.size),
     )  # fmt: skip
+    if s.data.multi_label:
+        thresholds = checkpoint.thresholds(payload)
+        return evaluate_sets(
+            model, batches, s.eval_preprocess, s.data.classes, thresholds, "test", s.tta, s.bars
+        )
     return evaluate(model, batches, s.eval_preprocess, "test", s.tta, s.bars, record)

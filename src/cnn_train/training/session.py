@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from cnn_train.data.datasets import Dataset, Split, TensorSplit, load_from_config
+from cnn_train.data.datasets import Dataset, load_from_config
 from cnn_train.data.images import EvalTransform
 from cnn_train.data.labels import sampler_weights
 from cnn_train.data.loaders import Batches, cache_split, should_cache
@@ -39,6 +39,7 @@ from cnn_train.training.budget import first_length
 from cnn_train.training.distill import Teacher, load_teacher
 from cnn_train.training.ema import EMA
 from cnn_train.training.engine import TrainStep, show_bars
+from cnn_train.training.losses import build_loss
 from cnn_train.training.schedules import Schedule
 
 log = logging.getLogger(__name__)
@@ -117,11 +118,7 @@ def _load_data(cfg: DictConfig, source: transfer.Source | None) -> tuple[Dataset
         want = 1  # grey weights: colour images are converted to grey
     strict = cfg.data.strict
     data = load_from_config(cfg.data, cfg.trainer.seed, want)
-    if data.multi_label:
-        raise UserError(
-            "data.label_separator: these labels are sets of classes (multi-label); cnn-train trains a classifier "
-            "of one class per image, so leave data.label_separator=null"
-        )
+    check_labels(cfg, data)
     size = image_size_for(cfg, data)
     # Grey data into colour weights: the model takes one channel and the first conv's kernels are summed.
     channels = 1 if data.channels == 1 or (source is not None and source.channels == 1) else data.channels
@@ -140,6 +137,35 @@ def _load_data(cfg: DictConfig, source: transfer.Source | None) -> tuple[Dataset
             n = len(getattr(data, part))
             log.info("data.cache: decoded %d %s images once into memory at %d px", n, part, size)
     return data, spec
+
+
+def check_labels(cfg: DictConfig, data: Dataset) -> None:
+    """Settings that need multi-label data, or single-label data, checked as soon as the data says which it
+    is (a CSV's label column decides): before anything is built or trained."""
+    tr = cfg.trainer
+    if data.multi_label:
+        if tr.class_weights:
+            raise UserError(
+                f"trainer.class_weights: {data.name} is multi-label; its classes are weighted by "
+                "trainer.pos_weight=balanced"
+            )
+        if tr.distill.teacher:
+            raise UserError(
+                f"trainer.distill.teacher: {data.name} is multi-label; distillation matches a teacher's softmax "
+                "over one class per image"
+            )
+        return
+    needs = {
+        "trainer.pos_weight": tr.pos_weight is not None,
+        "trainer.early_stopping.monitor": tr.early_stopping.monitor == "val_map",
+        "optimized_metric": str(cfg.optimized_metric).endswith("_map"),
+    }
+    for key, used in needs.items():
+        if used:
+            raise UserError(
+                f"{key}: {OmegaConf.select(cfg, key)} needs multi-label data ({data.name} has one label per "
+                "image; data.multi_label=true makes it multi-label)"
+            )
 
 
 def _batches(cfg: DictConfig, data: Dataset, spec: EvalTransform, device: torch.device, world: World,
@@ -211,14 +237,13 @@ def build(cfg: DictConfig, world: World | None = None, device: torch.device | No
     schedule = Schedule(instantiate(cfg.scheduler), optimizer, first_length(tr) * steps, steps)
     augment = instantiate(cfg.augmentation, num_classes=len(data.classes))  # mixup/cutmix: soft labels
     scaler = torch.amp.GradScaler(device.type) if speed.precision == "16-mixed" else None
-    weight = balanced_weights(data.train, len(data.classes)).to(device) if tr.class_weights else None
-    loss = nn.CrossEntropyLoss(weight=weight, label_smoothing=tr.label_smoothing)
+    loss = build_loss(tr, data, device)
     net = compile_model(_distribute(model, cfg, world, device), speed)
     preprocess = Preprocess(spec, speed.channels_last).to(device)
     ema = EMA(model, float(tr.ema_decay)) if tr.ema_decay is not None else None
     teacher = load_teacher(tr.distill, data.classes, spec, device)
     step = TrainStep(net, preprocess, augment, optimizer, schedule, loss, speed.precision, scaler,
-                     tr.grad_clip_norm, int(tr.accumulate_grad_batches), ema, teacher)  # fmt: skip
+                     tr.grad_clip_norm, int(tr.accumulate_grad_batches), ema, teacher, data.multi_label)  # fmt: skip
     return Session(
         data, spec, model_spec, model, eval_model, step, optimizer, schedule, augment, train_batches, val_batches,
         shuffle, device, source.origin if source is not None else "scratch", speed, scaler, bool(tr.tta), world,
@@ -244,14 +269,3 @@ def param_groups(model: nn.Module, decay_norm_and_bias: bool) -> list[dict[str, 
 def optimizer_steps(batches: int, accumulate: int) -> int:
     """Optimizer steps in an epoch of `batches` batches, one per `accumulate` (the last group may be short)."""
     return -(-batches // accumulate)
-
-
-def balanced_weights(split: Split, n_classes: int) -> torch.Tensor:
-    """`trainer.class_weights=balanced`: n / (classes × n_c) for each class c, as scikit-learn computes them.
-
-    A class with no training images gets weight 0 (it never appears in the loss anyway).
-    """
-    labels = split.labels if isinstance(split, TensorSplit) else torch.tensor([y for _, y in split.samples])
-    counts = torch.bincount(labels, minlength=n_classes).double()
-    weights = len(labels) / (n_classes * counts.clamp(min=1))
-    return torch.where(counts > 0, weights, 0.0).float()

@@ -17,7 +17,7 @@ from cnn_train.runtime import distributed
 from cnn_train.runtime.errors import UserError
 
 UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
-MODES = {"val_acc": max, "val_loss": min}  # the metrics early stopping watches, and which way is better
+MODES = {"val_acc": max, "val_loss": min, "val_map": max}  # what early stopping watches; which way is better
 
 
 def parse_duration(value: Any, key: str = "trainer.max_time") -> float | None:
