@@ -2,6 +2,7 @@
 
     python benchmarks/bench.py                # full run (CPU: about 25 minutes), writes benchmarks/results-<device>.md
     python benchmarks/bench.py --quick        # a minute: tiny runs of every part (the slow test runs this)
+    python benchmarks/bench.py --best --keep runs   # also the 30-minute recipe; keep the three runs' folders
 
 Everything is measured in this one process on this machine, so the ratios compare like with like:
 1. training throughput (images/s, data included) of lenet, alexnet and resnet18 through cnn-train's own `fit`
@@ -132,6 +133,8 @@ def limit_cell(lim: Limit) -> str:
 def time_to_accuracy(args: list[str], out: Path) -> tuple[float, float]:
     """Wall seconds from starting cnn-train to its exit, and the test accuracy it reports."""
     name = "-".join(args).translate(str.maketrans("=/.", "___"))[:60]
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
     run_dir = out / f"job-{name}"  # no '=' in it: the path goes back through Hydra's override parser
     cmd = [sys.executable, "-m", "cnn_train.cli", *args, f"hydra.run.dir={run_dir}"]
     start = time.perf_counter()
@@ -164,6 +167,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--skip-main-job", action="store_true", help="leave out the main job's time-to-accuracy"
+    )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="write the time-to-accuracy runs' directories here and keep them",
     )
     parser.add_argument("--throughput-only", action="store_true", help="leave out both time-to-accuracy jobs")
     parser.add_argument(
@@ -228,7 +237,7 @@ def main() -> None:
                 "trainer.limit_test_batches=2",
             ]  # fmt: skip
             full = job + ([f"trainer.device={args.device}"] if args.device != "auto" else [])
-            seconds, acc = time_to_accuracy(full + (extra if args.quick else []), tmp)
+            seconds, acc = time_to_accuracy(full + (extra if args.quick else []), args.keep or tmp)
             row = f"| `cnn-train {' '.join(job)}` | {acc:.4f} | {seconds:.0f} |"
             lines.append(row)
             print(row, flush=True)

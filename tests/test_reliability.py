@@ -83,6 +83,8 @@ def test_signal_saves_last_and_says_how_to_resume(
     assert f"hydra.run.dir={tmp_path}" in hint and hint.endswith("trainer.resume=auto")
     last = checkpoint.load(tmp_path / "last.pt")
     assert last["epoch"] == 0 and last["partial"]["step"] >= 10
+    if sig is signal.SIGINT:
+        return  # both signals stop through one handler: resuming from its last.pt is tested once, below
     args = hint.removeprefix("resume with: cnn-train ").split()
     resumed = run("cnn-train", *args, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr

@@ -55,7 +55,7 @@ def test_torchrun_two_gloo_processes_match_one(fashion_root: Path, tmp_path: Pat
     fixed = [o for o in SLICE if not o.startswith("optimizer.")]
     fixed += ["optimizer=sgd", "optimizer.lr=0.05", "trainer.precision=32"]
     one, two = tmp_path / "one", tmp_path / "two"
-    cnn_train(*fixed, f"hydra.run.dir={one}", "trainer.threads=1", cwd=tmp_path)
+    fit(make_config(*fixed, "trainer.threads=1"), one)  # the reference: one process, this one
     proc = cnn_train(*fixed, f"hydra.run.dir={two}", "trainer.threads=1", cwd=tmp_path, torchrun=2)
     for name in [*RUN_FILES, "curves.png", "samples.png"]:
         assert (two / name).is_file(), name
@@ -68,10 +68,7 @@ def test_torchrun_two_gloo_processes_match_one(fashion_root: Path, tmp_path: Pat
     assert abs(r1["test_acc"] - r2["test_acc"]) <= 2 / 512 and abs(r1["test_loss"] - r2["test_loss"]) <= 1e-4
     assert proc.stderr.count("best_epoch") == 1  # rank 0 alone reports
     # Resume with another world size: one process continues the two-process run for a second epoch.
-    cnn_train(
-        *fixed, "trainer.max_epochs=2", f"trainer.resume={two / 'last.pt'}", f"hydra.run.dir={tmp_path / 'more'}",
-        cwd=tmp_path,
-    )  # fmt: skip
+    fit(make_config(*fixed, "trainer.max_epochs=2", f"trainer.resume={two / 'last.pt'}"), tmp_path / "more")
     rows = read_metrics(tmp_path / "more")
     assert [r["epoch"] for r in rows] == ["1", "2"] and rows[0] == m2
 
