@@ -98,6 +98,7 @@ def red_minus_blue(rgb: np.ndarray) -> np.ndarray:
     return rgb[..., 0].astype(int) - rgb[..., 2].astype(int)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list_models())
 def test_every_model_cam_is_its_last_conv_stage_at_28_grey(
     name: str, fashion_root: Path, one_thread: None

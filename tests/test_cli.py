@@ -8,12 +8,14 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from cnn_train.data.datasets import read_idx
 from tests.conftest import only_run, run
 
 
+@pytest.mark.slow
 def test_cnn_train_writes_the_run_dir(workdir: Path) -> None:
     run_dir = only_run(workdir)
     for name in ["best.pt", "last.pt", "class_indices.json", "metrics.csv", "results.json", "train.log"]:
@@ -53,6 +55,7 @@ def test_cnn_predict_reports_a_bad_file_and_exits_nonzero(workdir: Path) -> None
     assert "ok.png" in proc.stdout and "broken.png: not a readable image" in proc.stderr
 
 
+@pytest.mark.slow
 def test_bad_value_is_one_line_and_keeps_checkpoints(workdir: Path) -> None:
     proc = run("cnn-train", "optimizer.lr=-1", cwd=workdir)
     assert proc.returncode == 2
@@ -85,6 +88,7 @@ def sweep(cwd: Path, *overrides: str) -> tuple[subprocess.CompletedProcess[str],
         return proc, list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_multirun_writes_summary(fashion_root: Path, tmp_path: Path) -> None:
     proc, rows = sweep(tmp_path, "model=lenet,mlp")
     assert [r["swept"] for r in rows] == ["model=lenet", "model=mlp"]
@@ -93,6 +97,7 @@ def test_multirun_writes_summary(fashion_root: Path, tmp_path: Path) -> None:
     assert "sweep summary" in proc.stderr
 
 
+@pytest.mark.slow
 def test_multirun_records_a_failed_job_and_goes_on(fashion_root: Path, tmp_path: Path) -> None:
     _, rows = sweep(tmp_path, "optimizer.lr=-1,0.003")
     assert [r["status"] for r in rows] == ["failed", "ok"]

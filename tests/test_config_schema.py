@@ -34,6 +34,7 @@ WRONG = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tool,args,key", WRONG, ids=[f"{t} {' '.join(a)}" for t, a, _ in WRONG])
 def test_wrong_config_is_one_line_naming_the_key(
     tool: str, args: list[str], key: str, tmp_path: Path
@@ -89,6 +90,7 @@ RECIPES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", [*RECIPES, "model=alexnet"])  # alexnet: with its model_data defaults
 def test_every_target_key_in_the_configs_is_an_argument(recipe: str) -> None:
     cfg = make_config(recipe)
@@ -96,6 +98,7 @@ def test_every_target_key_in_the_configs_is_an_argument(recipe: str) -> None:
         check_target_keys(cfg[group], group)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml")))
 def test_every_augmentation_choice_replaces_an_experiments_own(experiment: str) -> None:
     """An experiment sets no augmentation keys of its own, so `augmentation=<any>` composes on top of it."""

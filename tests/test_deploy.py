@@ -177,6 +177,7 @@ def test_bench_has_every_format_and_cnn_evals_accuracies(
     assert "Formats (cnn-bench)" in html and "onnx_int8" in html
 
 
+@pytest.mark.slow
 def test_cnn_eval_and_cnn_bench_take_the_onnx_file(
     tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -265,6 +266,7 @@ def test_checkpoint_predict_imports_no_torchvision(tiny: Path, images: Path) -> 
     assert proc.stdout.startswith(str(images / "0.png"))
 
 
+@pytest.mark.slow
 def test_errors_come_before_any_framework(tiny: Path, images: Path) -> None:
     trained, onnx_file = tiny, tiny.with_suffix(".onnx")
     cases = {

@@ -26,6 +26,7 @@ def images(fashion_root: Path, tmp_path_factory: pytest.TempPathFactory) -> list
     return paths
 
 
+@pytest.mark.slow
 def test_onnx_export_predicts_like_the_checkpoint(workdir: Path, images: list[Path]) -> None:
     ckpt = only_run(workdir) / "best.pt"
     proc = run("cnn-export", f"ckpt={ckpt}", "format=onnx", cwd=workdir)
@@ -41,6 +42,7 @@ def test_onnx_export_predicts_like_the_checkpoint(workdir: Path, images: list[Pa
     assert cli.returncode == 0 and torch_rows[0].topk[0][0] in cli.stdout
 
 
+@pytest.mark.slow
 def test_torchscript_export_carries_classes(workdir: Path) -> None:
     ckpt = only_run(workdir) / "best.pt"
     proc = run("cnn-export", f"ckpt={ckpt}", "format=torchscript", f"output={workdir / 'm.ts'}", cwd=workdir)
@@ -51,6 +53,7 @@ def test_torchscript_export_carries_classes(workdir: Path) -> None:
     assert meta["classes"][0] == "T-shirt/top" and module(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
 
 
+@pytest.mark.slow
 def test_bad_export_inputs_are_one_line(workdir: Path, tmp_path: Path) -> None:
     proc = run("cnn-export", f"ckpt={only_run(workdir) / 'best.pt'}", "format=tflite", cwd=workdir)
     assert proc.returncode == 2 and "format: 'tflite' is not onnx or torchscript" in proc.stderr

@@ -22,11 +22,13 @@ def is_png(path: Path) -> bool:
         return im.format == "PNG" and im.width > 100 and im.height > 100
 
 
+@pytest.mark.slow
 def test_run_dir_holds_curves_and_samples(workdir: Path) -> None:
     run_dir = only_run(workdir)
     assert is_png(run_dir / "curves.png") and is_png(run_dir / "samples.png")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list_models())
 def test_summary_totals_match_the_model(name: str) -> None:
     size = max(32, min_image_size(name))
@@ -55,6 +57,7 @@ def test_alexnet_at_224_puts_params_in_fc_and_compute_in_conv() -> None:
     assert report["split"]["conv"]["flops_share"] > 0.85  # ... but ~95% of the compute
 
 
+@pytest.mark.slow
 def test_cnn_summary_prints_and_writes_json(tmp_path: Path) -> None:
     proc = run("cnn-summary", "model=lenet", "data=cifar10", "json=s.json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -74,6 +77,7 @@ def test_per_class_metrics_by_hand() -> None:
     assert a["f1"] == pytest.approx(2 * 0.6 * 0.75 / 1.35) and b["support"] == 6
 
 
+@pytest.mark.slow
 @pytest.mark.numerics
 def test_cnn_eval_matches_the_run_and_writes_figures(workdir: Path) -> None:
     run_dir = only_run(workdir)
@@ -107,6 +111,7 @@ def drawn_picture(path: Path) -> np.ndarray:
     return np.asarray(block.resize((28, 28), Image.Resampling.BOX)).astype(int)
 
 
+@pytest.mark.slow
 def test_predict_save_annotated(workdir: Path, fashion_root: Path) -> None:
     img = read_idx(fashion_root / "t10k-images-idx3-ubyte.gz")[1].numpy()  # a pullover; its edges are black
     Image.fromarray(img).save(workdir / "pullover.png")
@@ -118,6 +123,7 @@ def test_predict_save_annotated(workdir: Path, fashion_root: Path) -> None:
     assert np.abs(shown - img.astype(int)).mean() < 8
 
 
+@pytest.mark.slow
 def test_cnn_eval_refuses_data_with_another_class_count(workdir: Path, folder_root: Path) -> None:
     ckpt = only_run(workdir) / "best.pt"
     proc = run("cnn-eval", f"ckpt={ckpt}", "data=image_folder", f"data.root={folder_root}", cwd=workdir)

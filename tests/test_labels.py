@@ -155,6 +155,7 @@ def test_a_csv_run_counts_skipped_rows_and_eval_and_data_check_read_its_data(
     assert report["class_counts"]["test"] == {"blue": 3, "green": 3, "red": 3}
 
 
+@pytest.mark.slow
 def test_a_bad_row_stops_cnn_train_before_training(photos: Path, tmp_path: Path) -> None:
     rows = rows_of(photos / "labels.csv")
     rows.insert(3, ["photos/gone.png", "red", "train"])

@@ -46,6 +46,7 @@ def found(fashion_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     return json.loads(path.read_text()), path.parent, proc.stdout
 
 
+@pytest.mark.slow
 def test_curve_has_its_minimum_where_the_loss_is_lowest(found: tuple[dict[str, Any], Path, str]) -> None:
     record, run_dir, printed = found
     lrs, losses, smoothed = (np.array(record[k]) for k in ("lrs", "losses", "smoothed"))
@@ -98,6 +99,7 @@ def test_cnn_train_with_lr_find_trains_afresh_at_the_suggestion(fashion_root: Pa
     assert (told["train_loss"], told["val_loss"]) == (row["train_loss"], row["val_loss"])
 
 
+@pytest.mark.slow
 @pytest.mark.numerics
 @pytest.mark.parametrize("precision", ["32", "bf16"])
 def test_range_test_under_accumulation_steps_once_per_group(

@@ -11,10 +11,14 @@ from torch import nn
 from cnn_train.models import build_model, list_models, min_image_size, register_model, registry
 from cnn_train.runtime.errors import UserError
 
-SHAPES = [(1, 28), (3, 32), (3, 224)]  # Fashion-MNIST, CIFAR-10, ImageNet-sized photos
+SHAPES = [  # Fashion-MNIST, CIFAR-10, ImageNet-sized photos (seconds each for the big networks: the full suite)
+    pytest.param(1, 28, id="1x28"),
+    pytest.param(3, 32, id="3x32"),
+    pytest.param(3, 224, id="3x224", marks=pytest.mark.slow),
+]
 
 
-@pytest.mark.parametrize("channels,size", SHAPES, ids=[f"{c}x{s}" for c, s in SHAPES])
+@pytest.mark.parametrize("channels,size", SHAPES)
 @pytest.mark.parametrize("name", list_models())
 def test_model_forward_backward(name: str, channels: int, size: int) -> None:
     size = max(size, min_image_size(name))

@@ -202,6 +202,7 @@ def trained(fashion_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return run_dir
 
 
+@pytest.mark.slow
 def test_best_pt_carries_thresholds_tuned_on_validation_and_is_tested_at_them(trained: Path) -> None:
     payload = checkpoint.load(trained / "best.pt")
     assert payload["multi_label"] and len(payload["thresholds"]) == 10

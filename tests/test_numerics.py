@@ -57,6 +57,7 @@ def trained(
     return run_dir
 
 
+@pytest.mark.slow
 def test_eval_reproduces_the_run_exactly(trained: Path) -> None:
     ran = results(trained)
     assert ran["precision"] in ("32", "bf16") and ran["channels_last"] is True
@@ -110,6 +111,7 @@ def test_predict_and_export_compute_the_test_pass_logits(
     torch.testing.assert_close(exported, reference, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_flip_tta_averages_the_image_and_its_mirror(fashion_root: Path, tmp_path: Path) -> None:
     for precision in ("32", "bf16"):
         run_dir = tmp_path / precision
@@ -139,6 +141,7 @@ def test_flip_tta_averages_the_image_and_its_mirror(fashion_root: Path, tmp_path
         )
 
 
+@pytest.mark.slow
 @PRECISIONS
 def test_deterministic_runs_are_identical(precision: str, fashion_root: Path, tmp_path: Path) -> None:
     cfg = make_config(
@@ -151,6 +154,7 @@ def test_deterministic_runs_are_identical(precision: str, fashion_root: Path, tm
     assert results(tmp_path / "a")["test_loss"] == results(tmp_path / "b")["test_loss"]
 
 
+@pytest.mark.slow
 @PRECISIONS
 def test_mid_epoch_resume_equals_the_uninterrupted_run(
     precision: str, fashion_root: Path, tmp_path: Path

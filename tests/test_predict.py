@@ -52,6 +52,7 @@ def test_images(fashion_root: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return folder, y
 
 
+@pytest.mark.slow
 def test_predict_a_folder_of_mixed_modes(trained: Path, test_images: tuple[Path, list[int]]) -> None:
     folder, labels = test_images
     paths = expand_inputs(str(folder))

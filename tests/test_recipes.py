@@ -131,6 +131,7 @@ def test_early_stopping_stops_then_tests_best(fashion_root: Path, tmp_path: Path
     assert epochs_without_improvement(history, "val_loss", 0.25) == 4  # no epoch beats 1.0 by 0.25
 
 
+@pytest.mark.slow
 def test_max_time_stops_in_time_then_tests_best_and_can_resume(fashion_root: Path, tmp_path: Path) -> None:
     over = [*TINY, "trainer.max_epochs=50", "trainer.limit_train_batches=1000"]
     ran = fit(make_config(*over, "trainer.max_time=2s"), tmp_path)

@@ -48,6 +48,7 @@ def sweep_dir(fashion_root: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return sweep
 
 
+@pytest.mark.slow
 def test_run_report_has_the_runs_numbers_and_command(sweep_dir: Path) -> None:
     job = sweep_dir / "0"
     page = (job / "report.html").read_text()
@@ -146,6 +147,7 @@ SORT = """(() => {
 })()"""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page, images, header", [("0/report.html", 4, "train"), ("report.html", 3, "job")])
 def test_reports_render_in_chromium(sweep_dir: Path, page: str, images: int, header: str) -> None:
     browser = open_page(sweep_dir / page)

@@ -159,6 +159,7 @@ def test_tensorboard_logger_is_read_back(fashion_root: Path, tmp_path: Path) -> 
     assert (tmp_path / "metrics.csv").is_file()
 
 
+@pytest.mark.slow
 def test_mlflow_logger_is_read_back(fashion_root: Path, tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
@@ -188,6 +189,7 @@ def test_mlflow_logger_is_read_back(fashion_root: Path, tmp_path: Path) -> None:
     assert len(client.search_runs([run.info.experiment_id])) == 1
 
 
+@pytest.mark.slow
 def test_trackers_are_closed_as_the_run_ended(fashion_root: Path, tmp_path: Path) -> None:
     """NaN → MLflow FAILED, SIGTERM → KILLED; TensorBoard has its events and the status on disk either way."""
     from mlflow.tracking import MlflowClient

@@ -38,6 +38,7 @@ def short_run(tmp_path: Path, *overrides: str, batches: int = 30) -> dict:
     return fit(cfg, tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "precision,channels_last", [("32", False), ("32", True), ("bf16", False), ("bf16", True)]
 )
@@ -69,6 +70,7 @@ def test_precision_and_memory_format_train_and_stay_finite(
     assert float(rows[0]["train_loss"]) < math.log(10) + 0.5  # it trained, not diverged
 
 
+@pytest.mark.slow
 def test_bf16_reaches_the_accuracy_of_fp32(fashion_root: Path, tmp_path: Path) -> None:
     """Same weights, same batches, two precisions.
 

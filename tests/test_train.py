@@ -37,6 +37,7 @@ def lenet_run(fashion_root: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return run_dir
 
 
+@pytest.mark.slow
 def test_run_dir_holds_every_file(lenet_run: Path) -> None:
     for name in RUN_FILES:
         assert (lenet_run / name).is_file(), name
@@ -135,6 +136,7 @@ def test_every_model_trains_on_image_folder(name: str, folder_root: Path, tmp_pa
     }
 
 
+@pytest.mark.slow
 def test_image_folder_at_224_with_imagenet_augmentation(folder_root: Path, tmp_path: Path) -> None:
     cfg = make_config(
         "model=resnet18", "data=image_folder", f"data.root={folder_root}", "augmentation=imagenet",

@@ -30,6 +30,7 @@ def folder_overrides(folder_root: Path, weights: Path, *extra: str) -> list[str]
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_head_finetune_changes_no_backbone_weight(
     fashion_resnet: Path, folder_root: Path, tmp_path: Path
 ) -> None:
@@ -45,6 +46,7 @@ def test_head_finetune_changes_no_backbone_weight(
     assert changed == ["fc.weight", "fc.bias"]  # BatchNorm running statistics untouched too
 
 
+@pytest.mark.slow
 def test_full_finetune_reports_and_skips_the_old_head(
     fashion_resnet: Path, folder_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
