@@ -80,9 +80,7 @@ def image_grid(tiles: Sequence[Any], titles: Sequence[str], path: str | Path, co
 def rgb_tile(image: torch.Tensor) -> Any:
     """A C×H×W image in [0, 1] as the H×W×3 array a grid holds (grey repeated into three channels)."""
     img = image.detach().float().clamp(0, 1).cpu()
-    return (
-        img.expand(3, -1, -1).permute(1, 2, 0).numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy()
-    )
+    return (img.expand(3, -1, -1) if img.shape[0] == 1 else img).permute(1, 2, 0).numpy()
 
 
 def plot_grid(images: torch.Tensor, titles: Sequence[str], path: str | Path, columns: int = 8) -> None:
