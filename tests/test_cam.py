@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +11,6 @@ import torch
 from PIL import Image
 
 from cnn_train.analysis.cam import cam_dir, grad_cam, save_prediction_cams
-from cnn_train.cli import predict as predict_cli
-from cnn_train.cli import tools
 from cnn_train.data.datasets import read_idx
 from cnn_train.data.images import EvalTransform
 from cnn_train.data.preprocess import Preprocess, read_image_tensor
@@ -21,7 +18,7 @@ from cnn_train.inference import checkpoint
 from cnn_train.models import build_model, list_models, min_image_size
 from cnn_train.runtime.errors import UserError
 from cnn_train.training.fit import fit
-from tests.conftest import make_config
+from tests.conftest import cli, make_config
 
 # The side of each model's last convolutional stage at 28 px (75 for inception_v3), worked out by hand from
 # the architectures: a CAM taken one stage too early or too late (a 1×1 pool) has another side.
@@ -66,17 +63,6 @@ def pictures(fashion_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return folder
 
 
-def run_cli(main: Callable[[], None], *args: str, cwd: Path, monkeypatch: pytest.MonkeyPatch) -> int:
-    """A console script in this process (a subprocess costs seconds of imports): its exit status."""
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", [main.__name__, *args])
-    try:
-        main()
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
-
-
 @pytest.fixture
 def one_thread() -> Iterator[None]:
     """Batch-1 passes at 28 px gain nothing from a second thread, and on a busy machine its spinning costs."""
@@ -117,10 +103,10 @@ def test_every_model_cam_is_its_last_conv_stage_at_28_grey(
 
 
 def test_cnn_predict_cam_writes_one_png_per_image(
-    trained: Path, pictures: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread: None
+    trained: Path, pictures: Path, tmp_path: Path, one_thread: None
 ) -> None:
     args = (f"img={pictures}", f"ckpt={trained}", "output=out/p.csv", "cam=true", "device=cpu")
-    assert run_cli(predict_cli.main, *args, cwd=tmp_path, monkeypatch=monkeypatch) == 0
+    assert cli("cnn-predict", *args, cwd=tmp_path).returncode == 0
     written = sorted(p.name for p in (tmp_path / "out" / "p_cam").iterdir())
     assert written == ["0000_a.png", "0001_b.png", "0002_c.png"]
     for name in written:  # each grey picture under a heat map that runs from jet's blue half to its red
@@ -138,11 +124,9 @@ def test_cnn_predict_cam_writes_one_png_per_image(
     assert cams.layer == "5" and (cams.maps.flatten(1).amax(1) > 0).all()
 
 
-def test_cnn_eval_cam_writes_the_misclassified_grid(
-    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread: None
-) -> None:
+def test_cnn_eval_cam_writes_the_misclassified_grid(trained: Path, tmp_path: Path, one_thread: None) -> None:
     args = (f"ckpt={trained}", "limit_batches=1", "batch_size=16", f"output_dir={tmp_path}", "cam=true")
-    assert run_cli(tools.eval_main, *args, cwd=tmp_path, monkeypatch=monkeypatch) == 0
+    assert cli("cnn-eval", *args, cwd=tmp_path).returncode == 0
     # misclassified.png is the same grid without heat maps: same images, titles and layout, all grey.
     plain, cam = (
         pixels(tmp_path / name).astype(int) for name in ("misclassified.png", "misclassified_cam.png")
@@ -158,7 +142,7 @@ def test_cnn_eval_cam_writes_the_misclassified_grid(
 
 
 def test_cnn_summary_img_draws_what_the_checkpoints_weights_see(
-    trained: Path, pictures: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread: None
+    trained: Path, pictures: Path, tmp_path: Path, one_thread: None
 ) -> None:
     payload = torch.load(trained, weights_only=True)
     payload["state_dict"]["0.weight"] = payload["state_dict"]["0.weight"].flip(-1)  # mirrored stem kernels
@@ -167,7 +151,7 @@ def test_cnn_summary_img_draws_what_the_checkpoints_weights_see(
     for folder, ckpt in runs.items():
         (tmp_path / folder).mkdir()
         args = (f"ckpt={ckpt}", f"img={pictures / 'a.png'}")
-        assert run_cli(tools.summary_main, *args, cwd=tmp_path / folder, monkeypatch=monkeypatch) == 0
+        assert cli("cnn-summary", *args, cwd=tmp_path / folder).returncode == 0
     for figure in ("filters.png", "feature_maps.png"):
         a, again, mirrored = (pixels(tmp_path / folder / figure) for folder in runs)
         assert np.array_equal(a, again)  # the same weights draw the same figure ...

@@ -1,4 +1,5 @@
-"""The console scripts as a user runs them: subprocesses, real Fashion-MNIST, assertions on written files."""
+"""The console scripts as a user runs them (the run dir from a real process, the rest through the same entry
+points in this process), real Fashion-MNIST, assertions on written files."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from PIL import Image
 
 from cnn_train.data.datasets import read_idx
-from tests.conftest import only_run, run
+from tests.conftest import cli, only_run
 
 
 @pytest.mark.slow
@@ -34,7 +35,7 @@ def test_cnn_predict_rgba_png_uses_newest_checkpoint(workdir: Path, fashion_root
     img = read_idx(fashion_root / "t10k-images-idx3-ubyte.gz")[1].numpy()  # a pullover
     rgba = np.stack([img, img, img, np.full_like(img, 255)], axis=-1)
     Image.fromarray(rgba, "RGBA").save(workdir / "shirt.png")
-    proc = run("cnn-predict", "img=shirt.png", "topk=3", "output=preds.json", cwd=workdir)
+    proc = cli("cnn-predict", "img=shirt.png", "topk=3", "output=preds.json", cwd=workdir)
     assert proc.returncode == 0, proc.stderr
     assert "using the newest checkpoint" in proc.stderr and "best.pt" in proc.stderr
     classes = json.loads((only_run(workdir) / "class_indices.json").read_text()).values()
@@ -50,17 +51,17 @@ def test_cnn_predict_reports_a_bad_file_and_exits_nonzero(workdir: Path) -> None
     Image.new("L", (28, 28), 0).save(folder / "ok.png")
     (folder / "broken.png").write_bytes(b"\x89PNG broken")
     ckpt = only_run(workdir) / "best.pt"
-    proc = run("cnn-predict", f"ckpt={ckpt}", f"img={folder}", cwd=workdir)
+    proc = cli("cnn-predict", f"ckpt={ckpt}", f"img={folder}", cwd=workdir)
     assert proc.returncode == 1
     assert "ok.png" in proc.stdout and "broken.png: not a readable image" in proc.stderr
 
 
 @pytest.mark.slow
 def test_bad_value_is_one_line_and_keeps_checkpoints(workdir: Path) -> None:
-    proc = run("cnn-train", "optimizer.lr=-1", cwd=workdir)
+    proc = cli("cnn-train", "optimizer.lr=-1", cwd=workdir)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["error: optimizer.lr: -1 must be > 0"]
-    proc = run("cnn-predict", "img=shirt.png", "ckpt=nothing.pt", cwd=workdir)
+    proc = cli("cnn-predict", "img=shirt.png", "ckpt=nothing.pt", cwd=workdir)
     assert proc.returncode == 2 and "nothing.pt: no such checkpoint file" in proc.stderr
     assert (only_run(workdir) / "best.pt").is_file()
 
@@ -69,7 +70,7 @@ def test_unknown_model_lists_choices(tmp_path: Path) -> None:
     """One line naming the group and every choice, exit status 2 (not Hydra's multi-line report, status 1)."""
     from cnn_train.models import list_models
 
-    proc = run("cnn-train", "model=resnet7", cwd=tmp_path)
+    proc = cli("cnn-train", "model=resnet7", cwd=tmp_path)
     assert proc.returncode == 2
     choices = ", ".join(sorted(list_models()))
     assert proc.stderr.strip().splitlines() == [f"error: model: no choice 'resnet7' (choose {choices})"]
@@ -77,7 +78,7 @@ def test_unknown_model_lists_choices(tmp_path: Path) -> None:
 
 def sweep(cwd: Path, *overrides: str) -> tuple[subprocess.CompletedProcess[str], list[dict[str, str]]]:
     """`cnn-train -m` on a few batches; returns the process and the rows of its one summary.csv."""
-    proc = run(
+    proc = cli(
         "cnn-train", "-m", *overrides, "trainer.max_epochs=1", "trainer.limit_train_batches=20",
         "trainer.limit_val_batches=5", "trainer.limit_test_batches=5", cwd=cwd,
     )  # fmt: skip

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,9 +12,7 @@ from hydra.errors import ConfigCompositionException
 from cnn_train.cli.common import config_error
 from cnn_train.config import DataConfig, TrainerConfig, check_declared_keys, check_target_keys, with_defaults
 from cnn_train.runtime.errors import UserError
-from tests.conftest import CONFIGS, make_config
-
-BIN = Path(sys.executable).parent
+from tests.conftest import CONFIGS, cli, make_config
 
 # (console script, arguments, the key its one error line starts with)
 WRONG = [
@@ -39,10 +34,9 @@ WRONG = [
 def test_wrong_config_is_one_line_naming_the_key(
     tool: str, args: list[str], key: str, tmp_path: Path
 ) -> None:
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}  # the user's setting must not bring Hydra's report back
-    proc = subprocess.run(
-        [str(BIN / tool), *args], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300
-    )
+    proc = cli(
+        tool, *args, cwd=tmp_path
+    )  # HYDRA_FULL_ERROR=0, the user's: it must not bring Hydra's report back
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2, proc.stderr
     assert len(lines) == 1 and lines[0].startswith(f"error: {key}: "), proc.stderr

@@ -2,7 +2,7 @@
 
 The fast tests share one tiny LeNet (synthetic MNIST) and its ONNX export. The int8 and bench tests need
 accuracies worth comparing: a LeNet on a slice of real Fashion-MNIST, `cnn-export quantize=int8` run once
-(slow: the export, two passes over 10,000 test images, the bench's subprocess).
+(slow: the export, two passes over 10,000 test images).
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ import torch
 from PIL import Image
 
 from cnn_train.analysis.quantization import check_drop, export_int8
-from cnn_train.cli import bench as bench_cli
-from cnn_train.cli import tools
 from cnn_train.config import BENCH_FORMATS
 from cnn_train.data.datasets import read_idx
 from cnn_train.inference.export import export
@@ -31,8 +29,7 @@ from cnn_train.runtime.cpu import cpu_name
 from cnn_train.runtime.errors import UserError
 from cnn_train.runtime.hardware import cpu_has_fast_bf16
 from cnn_train.training.fit import fit
-from tests.conftest import BIN, TINY, make_config, run
-from tests.test_cam import run_cli
+from tests.conftest import BIN, TINY, cli, make_config
 
 # Runs cnn-predict's main() in a fresh interpreter, then reports which frameworks that imported.
 PROBE = """
@@ -79,7 +76,7 @@ def trained(fashion_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 @pytest.fixture(scope="module")
 def int8(trained: Path) -> dict:
     """`cnn-export quantize=int8` as a user runs it: best.onnx, best.int8.onnx and best.int8.json."""
-    proc = run("cnn-export", f"ckpt={trained}", "quantize=int8", "calibration_images=128", cwd=trained.parent)
+    proc = cli("cnn-export", f"ckpt={trained}", "quantize=int8", "calibration_images=128", cwd=trained.parent)
     assert proc.returncode == 0, proc.stderr
     assert "wrote" in proc.stderr and "best.int8.onnx" in proc.stderr
     return json.loads(trained.with_suffix(".int8.json").read_text())
@@ -140,9 +137,7 @@ def test_int8_drop_over_the_bound_is_refused(trained: Path, int8: dict, tmp_path
 
 
 @pytest.mark.slow
-def test_bench_has_every_format_and_cnn_evals_accuracies(
-    trained: Path, int8: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_bench_has_every_format_and_cnn_evals_accuracies(trained: Path, int8: dict, tmp_path: Path) -> None:
     """The bench's accuracy of each file is cnn-eval's accuracy of that file, to the last digit."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the bench's threads=1: the same kernels, the same sums
@@ -150,11 +145,11 @@ def test_bench_has_every_format_and_cnn_evals_accuracies(
     try:
         for name in ("best.pt", "best.onnx", "best.int8.onnx"):
             args = (f"ckpt={trained.parent / name}", f"output_dir={tmp_path / name}", "limit_batches=20")
-            assert run_cli(tools.eval_main, *args, cwd=tmp_path, monkeypatch=monkeypatch) == 0
+            assert cli("cnn-eval", *args, cwd=tmp_path).returncode == 0
             evaluated[name] = json.loads((tmp_path / name / "eval.json").read_text())["accuracy"]
     finally:
         torch.set_num_threads(threads)
-    proc = run("cnn-bench", f"ckpt={trained}", "threads=1", "latency_runs=3", "throughput_runs=2", "warmup=1",
+    proc = cli("cnn-bench", f"ckpt={trained}", "threads=1", "latency_runs=3", "throughput_runs=2", "warmup=1",
                "limit_batches=20", cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     report = json.loads((trained.parent / "bench.json").read_text())
@@ -178,18 +173,16 @@ def test_bench_has_every_format_and_cnn_evals_accuracies(
 
 
 @pytest.mark.slow
-def test_cnn_eval_and_cnn_bench_take_the_onnx_file(
-    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_cnn_eval_and_cnn_bench_take_the_onnx_file(tiny: Path, tmp_path: Path) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the bench's threads=1: the same kernels, the same sums
     try:
         for name in ("best.pt", "best.onnx"):
             args = (f"ckpt={tiny.parent / name}", f"output_dir={tmp_path / name}")
-            assert run_cli(tools.eval_main, *args, cwd=tmp_path, monkeypatch=monkeypatch) == 0
+            assert cli("cnn-eval", *args, cwd=tmp_path).returncode == 0
         args = (f"ckpt={tiny}", "formats=[pytorch,onnx]", "threads=1", "latency_runs=2", "throughput_runs=2",
                 "warmup=0", f"output={tmp_path / 'bench.json'}")  # fmt: skip
-        assert run_cli(bench_cli.main, *args, cwd=tmp_path, monkeypatch=monkeypatch) == 0
+        assert cli("cnn-bench", *args, cwd=tmp_path).returncode == 0
     finally:
         torch.set_num_threads(threads)
     evaluated = {

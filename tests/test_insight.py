@@ -14,7 +14,7 @@ from cnn_train.analysis.anatomy import summarize
 from cnn_train.analysis.evaluation import per_class
 from cnn_train.data.datasets import read_idx
 from cnn_train.models import build_model, list_models, min_image_size
-from tests.conftest import only_run, run
+from tests.conftest import cli, only_run
 
 
 def is_png(path: Path) -> bool:
@@ -59,12 +59,12 @@ def test_alexnet_at_224_puts_params_in_fc_and_compute_in_conv() -> None:
 
 @pytest.mark.slow
 def test_cnn_summary_prints_and_writes_json(tmp_path: Path) -> None:
-    proc = run("cnn-summary", "model=lenet", "data=cifar10", "json=s.json", cwd=tmp_path)
+    proc = cli("cnn-summary", "model=lenet", "data=cifar10", "json=s.json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "lenet, input 3×32×32" in proc.stdout and "fully connected" in proc.stdout
     saved = json.loads((tmp_path / "s.json").read_text())
     assert saved["model"] == "lenet" and saved["input"] == [3, 32, 32]
-    printed = run("cnn-summary", "model=lenet", "--json", cwd=tmp_path)
+    printed = cli("cnn-summary", "model=lenet", "--json", cwd=tmp_path)
     fashion_lenet = build_model("lenet", num_classes=10, in_channels=1, image_size=28)
     assert json.loads(printed.stdout)["total_params"] == sum(p.numel() for p in fashion_lenet.parameters())
 
@@ -82,7 +82,7 @@ def test_per_class_metrics_by_hand() -> None:
 def test_cnn_eval_matches_the_run_and_writes_figures(workdir: Path) -> None:
     run_dir = only_run(workdir)
     # the run tested best.pt on 20 batches of 128 (its batch size, cnn-eval's default): the same accuracy
-    proc = run("cnn-eval", f"ckpt={run_dir / 'best.pt'}", "limit_batches=20", cwd=workdir)
+    proc = cli("cnn-eval", f"ckpt={run_dir / 'best.pt'}", "limit_batches=20", cwd=workdir)
     assert proc.returncode == 0, proc.stderr
     report = json.loads((run_dir / "eval" / "eval.json").read_text())
     results = json.loads((run_dir / "results.json").read_text())
@@ -115,7 +115,7 @@ def drawn_picture(path: Path) -> np.ndarray:
 def test_predict_save_annotated(workdir: Path, fashion_root: Path) -> None:
     img = read_idx(fashion_root / "t10k-images-idx3-ubyte.gz")[1].numpy()  # a pullover; its edges are black
     Image.fromarray(img).save(workdir / "pullover.png")
-    proc = run("cnn-predict", "img=pullover.png", "output=out/p.csv", "save_annotated=true", cwd=workdir)
+    proc = cli("cnn-predict", "img=pullover.png", "output=out/p.csv", "save_annotated=true", cwd=workdir)
     assert proc.returncode == 0, proc.stderr
     # The figure draws each pixel as a block: averaged back, a block gives its pixel, up to its edges' blend
     # with the neighbours; a blank or another picture is off by tens of grey levels on average.
@@ -126,6 +126,6 @@ def test_predict_save_annotated(workdir: Path, fashion_root: Path) -> None:
 @pytest.mark.slow
 def test_cnn_eval_refuses_data_with_another_class_count(workdir: Path, folder_root: Path) -> None:
     ckpt = only_run(workdir) / "best.pt"
-    proc = run("cnn-eval", f"ckpt={ckpt}", "data=image_folder", f"data.root={folder_root}", cwd=workdir)
+    proc = cli("cnn-eval", f"ckpt={ckpt}", "data=image_folder", f"data.root={folder_root}", cwd=workdir)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: data: image_folder has 3 classes, the checkpoint 10"

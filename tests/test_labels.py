@@ -23,7 +23,7 @@ from cnn_train.data.table import LabelFile
 from cnn_train.inference import checkpoint
 from cnn_train.runtime.errors import Interrupted, UserError
 from cnn_train.training.fit import check_config, fit
-from tests.conftest import TINY, make_config, run, sigterm_after_first_save
+from tests.conftest import TINY, cli, make_config, sigterm_after_first_save
 from tests.test_reliability import metrics
 
 COLOURS = {"red": 0, "green": 1, "blue": 2}  # the channel each class lights up
@@ -160,7 +160,7 @@ def test_a_bad_row_stops_cnn_train_before_training(photos: Path, tmp_path: Path)
     rows = rows_of(photos / "labels.csv")
     rows.insert(3, ["photos/gone.png", "red", "train"])
     file = write_rows(tmp_path / "labels.csv", rows)
-    proc = run(
+    proc = cli(
         "cnn-train", "data=csv", f"data.file={file}", f"data.root={photos}", f"hydra.run.dir={tmp_path / 'run'}",
         cwd=tmp_path,
     )  # fmt: skip
@@ -236,7 +236,7 @@ def test_bad_fold_and_sampler_settings_fail_before_any_data_is_read(override: st
 
 @pytest.mark.slow
 def test_a_kfold_sweep_reports_mean_and_std_over_folds(photos: Path, tmp_path: Path) -> None:
-    proc = run(
+    proc = cli(
         "cnn-train", "-m", "model=lenet", "data=csv", f"data.file={photos / 'labels.csv'}", "data.image_size=16",
         "data.folds=3", "data.fold=range(3)", f"hydra.sweep.dir={tmp_path}", *TINY, cwd=tmp_path,
     )  # fmt: skip

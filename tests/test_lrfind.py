@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +12,7 @@ import numpy as np
 import pytest
 
 from cnn_train.training.fit import fit
-from tests.conftest import make_config
+from tests.conftest import cli, make_config
 
 # LeNet and Adam on 100 batches of 64 real images, 12 steps a decade: the loss falls from ln 10 around lr 1e-2,
 # then (Adam's steps grow with the lr) blows up before the end lr 1e4.
@@ -36,11 +34,7 @@ def config(root: Path, *overrides: str) -> Any:
 def found(fashion_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path, str]:
     """cnn-lrfind as a user runs it: the run dir's lr_find.json, the dir, and what it printed."""
     cwd = tmp_path_factory.mktemp("lrfind")
-    script = (
-        "import sys; from cnn_train.cli.train import lrfind_main; sys.argv[0] = 'cnn-lrfind'; lrfind_main()"
-    )
-    args = [*RANGE, f"data.root={fashion_root}"]
-    proc = subprocess.run([sys.executable, "-c", script, *args], cwd=cwd, capture_output=True, text=True)
+    proc = cli("cnn-lrfind", *RANGE, f"data.root={fashion_root}", cwd=cwd)
     assert proc.returncode == 0, proc.stderr
     (path,) = (cwd / "outputs").rglob("lr_find.json")
     return json.loads(path.read_text()), path.parent, proc.stdout

@@ -1,4 +1,5 @@
-"""Never lose a run, never run foreign code, never crash on a bad file (on real files and processes)."""
+"""Never lose a run, never run foreign code, never crash on a bad file (on real files; a real process is
+killed or signalled, and its run resumed through the same entry point in this process)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from cnn_train.inference import checkpoint
 from cnn_train.runtime.errors import Interrupted, UserError
 from cnn_train.training.engine import NonFiniteLoss
 from cnn_train.training.fit import fit
-from tests.conftest import BIN, make_config, run, sigterm_after_first_save, write_folder
+from tests.conftest import BIN, cli, make_config, sigterm_after_first_save, write_folder
 
 # Deterministic LeNet, 3 epochs of 60 batches, a mid-epoch checkpoint every 10 steps.
 RUN = [
@@ -38,7 +39,7 @@ def metrics(run_dir: Path) -> list[dict[str, str]]:
 def reference(fashion_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same run, never interrupted."""
     run_dir = tmp_path_factory.mktemp("reference")
-    proc = run("cnn-train", *RUN, f"hydra.run.dir={run_dir}", cwd=run_dir)
+    proc = cli("cnn-train", *RUN, f"hydra.run.dir={run_dir}", cwd=run_dir)
     assert proc.returncode == 0, proc.stderr
     return run_dir
 
@@ -63,7 +64,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(reference: Path, tm
     assert killed.returncode == -signal.SIGKILL
     assert not (tmp_path / "results.json").exists(), "the run finished before the kill: make it longer"
     checkpoint.load(tmp_path / "last.pt")  # whole, whatever instant the kill came at
-    resumed = run("cnn-train", *RUN, f"hydra.run.dir={tmp_path}", "trainer.resume=auto", cwd=tmp_path)
+    resumed = cli("cnn-train", *RUN, f"hydra.run.dir={tmp_path}", "trainer.resume=auto", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in (tmp_path / "train.log").read_text()
     assert metrics(tmp_path) == metrics(reference)
@@ -86,7 +87,7 @@ def test_signal_saves_last_and_says_how_to_resume(
     if sig is signal.SIGINT:
         return  # both signals stop through one handler: resuming from its last.pt is tested once, below
     args = hint.removeprefix("resume with: cnn-train ").split()
-    resumed = run("cnn-train", *args, cwd=tmp_path)
+    resumed = cli("cnn-train", *args, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert metrics(tmp_path) == metrics(reference)
 
@@ -121,7 +122,7 @@ def test_cli_refuses_a_malicious_checkpoint_without_running_it(tmp_path: Path) -
 
     torch.save({"format": checkpoint.FORMAT, "state_dict": Payload()}, tmp_path / "evil.pt")
     Image.new("L", (28, 28)).save(tmp_path / "x.png")
-    proc = run("cnn-predict", "ckpt=evil.pt", "img=x.png", cwd=tmp_path)
+    proc = cli("cnn-predict", "ckpt=evil.pt", "img=x.png", cwd=tmp_path)
     assert proc.returncode == 2
     assert (
         proc.stderr.strip().splitlines() == [proc.stderr.strip()]

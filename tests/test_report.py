@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.browser import open_page
-from tests.conftest import run
+from tests.conftest import cli
 
 TINY_SWEEP = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
               "trainer.limit_test_batches=2", "data.batch_size=8", "data.num_workers=0"]  # fmt: skip
@@ -42,7 +42,7 @@ def sweep_dir(fashion_root: Path, tmp_path_factory: pytest.TempPathFactory) -> P
         "      model: choice(lenet, mlp)\n"
     )
     sweep = cwd / "sweep"
-    proc = run("cnn-train", "--config-dir", str(cwd / "configs"), "hparams_search=two", *TINY_SWEEP,
+    proc = cli("cnn-train", "--config-dir", str(cwd / "configs"), "hparams_search=two", *TINY_SWEEP,
                f"hydra.sweep.dir={sweep}", cwd=cwd)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     return sweep

@@ -16,7 +16,7 @@ import yaml
 from cnn_train.runtime.errors import Interrupted
 from cnn_train.training.engine import NonFiniteLoss
 from cnn_train.training.fit import fit
-from tests.conftest import make_config, sigterm_after_first_save
+from tests.conftest import cli, make_config, sigterm_after_first_save
 from tests.test_train import RUN_FILES, read_metrics
 
 SLICE = [
@@ -91,12 +91,13 @@ def test_optuna_search_records_a_failed_trial_and_marks_the_best(fashion_root: P
         "# @package _global_\ndefaults:\n  - optuna\nhydra:\n  sweeper:\n    params:\n"
         "      optimizer.lr: choice(1.0e+8, 0.003)\n"
     )
-    proc = cnn_train(
-        "--config-dir", str(tmp_path / "configs"), "hparams_search=diverging", "model=lenet", "optimizer=sgd",
-        "trainer.max_epochs=1", "trainer.limit_train_batches=15", "trainer.limit_val_batches=4",
+    proc = cli(
+        "cnn-train", "--config-dir", str(tmp_path / "configs"), "hparams_search=diverging", "model=lenet",
+        "optimizer=sgd", "trainer.max_epochs=1", "trainer.limit_train_batches=15", "trainer.limit_val_batches=4",
         "trainer.limit_test_batches=2", "hydra.sweeper.n_trials=3", "trainer.seed=1",
         f"hydra.sweep.dir={sweep}", cwd=tmp_path,
     )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
     with (sweep / "summary.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 3
