@@ -1,4 +1,8 @@
-"""Fixtures that write real-format data (IDX, CIFAR pickle batches, image folders) and compose real configs."""
+"""Fixtures that write real-format data (IDX, CIFAR pickle batches, image folders) and compose real configs.
+
+torch, Hydra and cnn_train are imported where they are used, not at the top: pytest-xdist's controller loads
+this file too, and it runs no test (a top-level `import torch` costs it seconds before any worker starts).
+"""
 
 from __future__ import annotations
 
@@ -16,16 +20,14 @@ import time
 from collections.abc import Iterator
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
-import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
 from PIL import Image
 
-from cnn_train.config import register_schemas
-from cnn_train.data.datasets import DEBIAN_FASHION_MNIST
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 BIN = Path(sys.executable).parent  # the console scripts of the environment the tests run in
@@ -54,6 +56,8 @@ def pytest_configure(config: pytest.Config) -> None:
         mine = cpus[int(worker.removeprefix("gw")) :: int(count)]
         os.sched_setaffinity(0, mine)
         # torch sized its thread pool when conftest imported it; two threads spinning on one core run 10× slower
+        import torch
+
         torch.set_num_threads(len(mine))
 
 
@@ -63,6 +67,10 @@ def make_config(*overrides: str, config_name: str = "train", return_hydra_config
     In-process training runs skip report.html (`trainer.report=false`) unless a test asks for it: its
     figures cost a third of a tiny run; tests/test_report.py and the console-script tests cover it.
     """
+    from hydra import compose, initialize_config_dir
+
+    from cnn_train.config import register_schemas
+
     register_schemas()
     overrides = list(overrides)
     if config_name == "train" and not any(o.lstrip("+~").startswith("trainer.report=") for o in overrides):
@@ -74,6 +82,8 @@ def make_config(*overrides: str, config_name: str = "train", return_hydra_config
 @pytest.fixture(scope="session")
 def fashion_root() -> Path:
     """Real Fashion-MNIST from Debian's dataset-fashion-mnist (installed by .ci/run)."""
+    from cnn_train.data.datasets import DEBIAN_FASHION_MNIST
+
     if not (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file():
         if os.environ.get("CI"):
             pytest.fail("CI must install Debian's dataset-fashion-mnist")
@@ -252,7 +262,7 @@ def workdir(fashion_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     """A user's folder after `cnn-train model=lenet` on a slice of real Fashion-MNIST (trained once; tests add
     files to it but no other finished run)."""
     cwd = tmp_path_factory.mktemp("user")
-    proc = run("cnn-train", "model=lenet", "trainer.max_epochs=2", "optimizer.lr=0.003", *SLICE, cwd=cwd)
+    proc = cli("cnn-train", "model=lenet", "trainer.max_epochs=2", "optimizer.lr=0.003", *SLICE, cwd=cwd)
     assert proc.returncode == 0, proc.stderr
     return cwd
 

@@ -226,6 +226,7 @@ def test_best_pt_carries_thresholds_tuned_on_validation_and_is_tested_at_them(tr
     assert "test mAP" in (trained / "report.html").read_text()
 
 
+@pytest.mark.slow
 def test_predict_lists_every_label_above_its_threshold(
     trained: Path, fashion_root: Path, tmp_path: Path
 ) -> None:
