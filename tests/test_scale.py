@@ -115,11 +115,12 @@ def test_optuna_search_records_a_failed_trial_and_marks_the_best(fashion_root: P
 @pytest.mark.slow
 def test_submitit_local_runs_a_two_job_sweep(fashion_root: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "cluster"
-    cnn_train(
-        "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "model=lenet",
+    proc = cli(  # the launcher in this process; submitit starts each job in a process of its own
+        "cnn-train", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "model=lenet",
         "trainer.max_epochs=1", "trainer.limit_train_batches=5", "trainer.limit_val_batches=2",
         "trainer.limit_test_batches=2", "optimizer.lr=0.01,0.003", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
     )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
     with (sweep / "summary.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["status"] for r in rows] == ["ok", "ok"]
