@@ -125,7 +125,15 @@ def test_shown_overrides_parse() -> None:
     OverridesParser.create().parse_overrides([o for _, _, overrides in CASES for o in overrides])
 
 
-@pytest.mark.parametrize("page,name,overrides", CASES, ids=[f"{p}: {n}: {' '.join(o)}" for p, n, o in CASES])
+# README.md's commands in the fast lane; the docs pages' (a quarter second each to compose) in the full suite.
+SHOWN_CASES = [
+    pytest.param(page, name, overrides, id=f"{page}: {name}: {' '.join(overrides)}",
+                 marks=() if page == README.name else pytest.mark.slow)
+    for page, name, overrides in CASES
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("page,name,overrides", SHOWN_CASES)
 def test_shown_override_composes(page: str, name: str, overrides: list[str]) -> None:
     overrides = [o.replace("$HOME", "/home/you") for o in overrides]  # what the shell passes
     cfg = make_config(*overrides, config_name=name, return_hydra_config=True)
