@@ -1,5 +1,5 @@
-"""The console scripts as a user runs them (the run dir from a real process, the rest through the same entry
-points in this process), real Fashion-MNIST, assertions on written files."""
+"""The console scripts as a user runs them, through their installed entry points (in this process: see
+`cli` in conftest.py), on real Fashion-MNIST, with assertions on the files they write."""
 
 from __future__ import annotations
 
