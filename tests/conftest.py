@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING
+from unittest.mock import patch
 
 import numpy as np
 import pytest
@@ -55,7 +56,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if len(cpus) >= int(count):
         mine = cpus[int(worker.removeprefix("gw")) :: int(count)]
         os.sched_setaffinity(0, mine)
-        # torch sized its thread pool when conftest imported it; two threads spinning on one core run 10× slower
+        # torch sizes its thread pool from the machine's cores, not this share; two threads spinning on one core
+        # run 10× slower
         import torch
 
         torch.set_num_threads(len(mine))
@@ -224,12 +226,12 @@ def cli(tool: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     (entry,) = entry_points(group="console_scripts", name=tool)
     main = entry.load()
     out, err = io.StringIO(), io.StringIO()
-    argv, full_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
-    os.environ["HYDRA_FULL_ERROR"] = "0"  # the user's setting, as `run` has it (the tool sets it to 1)
-    sys.argv = [tool, *args]
     code: int | str | None = 0
     try:
         with (
+            # as `run` has it; the tool sets it to 1 for itself, and patch.dict puts the environment back
+            patch.dict(os.environ, {"HYDRA_FULL_ERROR": "0"}),
+            patch.object(sys, "argv", [tool, *args]),
             contextlib.chdir(cwd),
             contextlib.redirect_stdout(out),
             contextlib.redirect_stderr(err),
@@ -238,12 +240,6 @@ def cli(tool: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
             main()
     except SystemExit as e:
         code = e.code
-    finally:
-        sys.argv = argv
-        if full_error is None:
-            os.environ.pop("HYDRA_FULL_ERROR", None)
-        else:
-            os.environ["HYDRA_FULL_ERROR"] = full_error
     if isinstance(code, str):  # sys.exit("message"): printed to stderr, status 1
         err.write(code + "\n")
         code = 1

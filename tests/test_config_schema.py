@@ -34,9 +34,8 @@ WRONG = [
 def test_wrong_config_is_one_line_naming_the_key(
     tool: str, args: list[str], key: str, tmp_path: Path
 ) -> None:
-    proc = cli(
-        tool, *args, cwd=tmp_path
-    )  # HYDRA_FULL_ERROR=0, the user's: it must not bring Hydra's report back
+    # cli() sets HYDRA_FULL_ERROR=0 as a user might: it must not bring Hydra's multi-line report back
+    proc = cli(tool, *args, cwd=tmp_path)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2, proc.stderr
     assert len(lines) == 1 and lines[0].startswith(f"error: {key}: "), proc.stderr

@@ -25,16 +25,14 @@ SLICE = [
 ]  # fmt: skip
 
 
-def cnn_train(*args: str, cwd: Path, torchrun: int = 0, timeout: int = 600) -> subprocess.CompletedProcess:
-    """cnn-train in its own process (through torchrun with `torchrun` workers when asked)."""
-    launch = [sys.executable, "-m", "cnn_train.cli"]
-    if torchrun:
-        launch = [
-            sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}",
-            "-m", "cnn_train.cli",
-        ]  # fmt: skip
+def torchrun(*args: str, cwd: Path, processes: int) -> subprocess.CompletedProcess:
+    """cnn-train through torchrun with `processes` workers, each a process of its own."""
+    launch = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+        "-m", "cnn_train.cli",
+    ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([*launch, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run([*launch, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -56,7 +54,7 @@ def test_torchrun_two_gloo_processes_match_one(fashion_root: Path, tmp_path: Pat
     fixed += ["optimizer=sgd", "optimizer.lr=0.05", "trainer.precision=32"]
     one, two = tmp_path / "one", tmp_path / "two"
     fit(make_config(*fixed, "trainer.threads=1"), one)  # the reference: one process, this one
-    proc = cnn_train(*fixed, f"hydra.run.dir={two}", "trainer.threads=1", cwd=tmp_path, torchrun=2)
+    proc = torchrun(*fixed, f"hydra.run.dir={two}", "trainer.threads=1", cwd=tmp_path, processes=2)
     for name in [*RUN_FILES, "curves.png", "samples.png"]:
         assert (two / name).is_file(), name
     r1, r2 = (json.loads((d / "results.json").read_text()) for d in (one, two))
